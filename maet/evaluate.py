@@ -1,0 +1,142 @@
+"""Stage 4, evaluate: the ability benchmark in each language through lm-eval, and the LM loss
+on held-out general text (language retention).
+
+MGSM uses lm-eval's own task definitions (`mgsm_native_cot_<lang>`: prompt, exemplars, stop
+words, answer extraction), loaded from lm-eval's YAML and pointed at local data files built
+from `<data_dir>/mgsm` with the hub dataset's schema. Nothing of the prompt is re-implemented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import lm_eval
+from lm_eval.tasks import _yaml_loader
+
+from maet.settings import EvalSettings
+
+log = logging.getLogger(__name__)
+
+FAMILY_DIRS = {"mgsm_native_cot": "native_cot", "mgsm_direct": "direct", "mgsm_en_cot": "en_cot"}
+
+
+def _number(text: str) -> int | float:
+    value = float(text.replace(",", ""))
+    return int(value) if value.is_integer() else value
+
+
+def mgsm_rows(data_dir: Path, lang: str) -> tuple[list[dict], list[dict]]:
+    """(train, test) rows with the schema of the hub dataset `juletxara/mgsm`.
+
+    test: `mgsm_<lang>.tsv` (question TAB answer); train: the 8 published exemplars.
+    """
+    test = []
+    for line in (data_dir / "mgsm" / f"mgsm_{lang}.tsv").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            question, answer = line.rsplit("\t", 1)
+            test.append({"question": question, "answer": None, "answer_number": _number(answer),
+                         "equation_solution": None})
+    shared = json.loads((data_dir / "mgsm" / "exemplars.json").read_text(encoding="utf-8"))
+    train = [{"question": ex["question"], "answer": ex["answer"], "answer_number": number,
+              "equation_solution": equation}
+             for ex, number, equation in zip(shared["exemplars"][lang], shared["numbers"], shared["equations"])]
+    return train, test
+
+
+def mgsm_file_fingerprint(data_dir: Path, lang: str) -> dict:
+    """sha256 of the benchmark files a local MGSM task reads (for cache keys)."""
+    files = [data_dir / "mgsm" / f"mgsm_{lang}.tsv", data_dir / "mgsm" / "exemplars.json"]
+    return {"lang": lang, "sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def lm_eval_task_yaml(family: str, lang: str) -> dict:
+    """lm-eval's own config of `<family>_<lang>`, includes resolved."""
+    path = Path(lm_eval.__file__).parent / "tasks" / "mgsm" / FAMILY_DIRS[family] / f"{family}_{lang}.yaml"
+    return _yaml_loader.load_yaml(path, resolve_func=True)
+
+
+def mgsm_local_task(family: str, lang: str, data_dir: Path, work_dir: Path, settings: EvalSettings) -> dict:
+    """lm-eval's MGSM task for `lang`, reading local data files instead of the hub."""
+    train, test = mgsm_rows(data_dir, lang)
+    files = {"train": str(write_jsonl(train, work_dir / "mgsm" / lang / "train.jsonl")),
+             "test": str(write_jsonl(test, work_dir / "mgsm" / lang / "test.jsonl"))}
+    config = lm_eval_task_yaml(family, lang)
+    config.pop("tag", None)
+    config.update(task=f"{family}_{lang}_local", dataset_path="json", dataset_name=None,
+                  dataset_kwargs={"data_files": files}, num_fewshot=settings.num_fewshot)
+    if settings.max_gen_toks is not None:
+        config["generation_kwargs"] = {**config.get("generation_kwargs", {}), "max_gen_toks": settings.max_gen_toks}
+    return config
+
+
+def heldout_task(lang: str, docs: list[str], work_dir: Path) -> dict:
+    """Rolling log-likelihood of held-out general text (word/byte perplexity, bits per byte)."""
+    path = write_jsonl([{"text": d} for d in docs], work_dir / "heldout" / lang / "test.jsonl")
+    return {
+        "task": f"heldout_{lang}", "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(path)}}, "test_split": "test",
+        "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
+        "metric_list": [
+            {"metric": "word_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+            {"metric": "byte_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+            {"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False},
+        ],
+    }
+
+
+def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings, seed: int) -> dict:
+    """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`)."""
+    import datasets
+    from lm_eval.models.huggingface import HFLM
+
+    datasets.disable_progress_bars()
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=seed,
+        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        bootstrap_iters=0,
+    )
+
+
+def summarize(results: dict, langs: list[str], family: str, headline_filter: str) -> tuple[dict, list[dict]]:
+    """(metrics, predictions) from lm-eval's output.
+
+    metrics: `mgsm_<lang>` (headline accuracy), `mgsm_<lang>/<filter>`, `mgsm_<lang>/n`,
+    `heldout_<lang>/bits_per_byte` (and word/byte perplexity). predictions: one row per item.
+    """
+    metrics: dict[str, float] = {}
+    predictions: list[dict] = []
+    for lang in langs:
+        task = f"{family}_{lang}_local"
+        res = results["results"][task]
+        for key, value in res.items():
+            if key.startswith("exact_match,"):
+                metrics[f"mgsm_{lang}/{key.split(',', 1)[1]}"] = float(value)
+        metrics[f"mgsm_{lang}"] = metrics[f"mgsm_{lang}/{headline_filter}"]
+        metrics[f"mgsm_{lang}/n"] = len({s["doc_id"] for s in results["samples"][task]})
+        for sample in results["samples"][task]:
+            predictions.append({
+                "task": task, "lang": lang, "doc_id": sample["doc_id"], "target": sample["target"],
+                "response": sample["resps"][0][0] if sample["resps"] else None,
+                "filtered": sample["filtered_resps"], "filter": sample.get("filter"),
+                "exact_match": sample.get("exact_match"),
+            })
+    for task, res in results["results"].items():
+        if task.startswith("heldout_"):
+            for key, value in res.items():
+                name, _, filt = key.partition(",")
+                if filt == "none" and name in ("bits_per_byte", "byte_perplexity", "word_perplexity"):
+                    metrics[f"{task}/{name}"] = float(value)
+    return metrics, predictions

@@ -1,0 +1,305 @@
+"""Typed settings: the schema of `conf/`, checked once at the edge.
+
+`load_settings(cfg)` turns the composed Hydra config into these dataclasses (OmegaConf checks
+the types) and then checks every value's range, so that a bad value fails with a message that
+names the key, the value and what is allowed, before any model or corpus is loaded. Stage
+functions take these dataclasses, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LOCATE_SCORES = ("grad", "random")
+LOCATE_SCOPES = ("tensor", "layer", "global")
+TRANSFER_SELECTS = ("threshold", "ratio", "all")
+LANGUAGE_TRAIN = ("full", "key_neurons")
+CORPUS_FORMATS = ("text", "gsm8k")
+MODEL_SOURCES = ("scratch", "hub", "local")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+EVAL_SOURCES = ("local",)
+TRACKERS = ("wandb", "none")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    """A config value is not allowed; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"Bad config value {key}={value!r}: allowed is {allowed}.")
+
+
+@dataclass
+class CorpusSettings:
+    source: str = "local"  # only local files for now
+    path: str = "???"
+    format: str = "text"  # text: one document per line; gsm8k: jsonl with question/answer
+
+
+@dataclass
+class LangSettings:
+    code: str = "???"
+    name: str = "???"
+    script: str = "???"
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+
+
+@dataclass
+class ScratchSettings:
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 2048
+    tokenizer_files: list[str] = field(default_factory=list)
+    tokenizer_max_docs: int = 20000
+
+
+@dataclass
+class ModelSettings:
+    name: str = "???"
+    source: str = "scratch"
+    path: Optional[str] = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    scratch: ScratchSettings = field(default_factory=ScratchSettings)
+
+
+@dataclass
+class AbilitySettings:
+    name: str = "???"
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+
+
+@dataclass
+class TrainSettings:
+    batch_size: int = 8
+    seq_len: int = 256
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    heldout_fraction: float = 0.05
+
+
+@dataclass
+class LocateSettings:
+    score: str = "grad"
+    ratio: float = 0.05
+    scope: str = "tensor"
+    modules: list[str] = field(default_factory=lambda: list(MODULES))
+    tokens: int = 16384
+    contrast: bool = False
+
+
+@dataclass
+class ExtractSettings:
+    tokens: int = 32768
+    lr: float = 1e-3
+    subtract_general: bool = True
+
+
+@dataclass
+class LanguageSettings:
+    tokens: int = 32768
+    lr: float = 5e-4
+    train: str = "full"
+
+
+@dataclass
+class TransferSettings:
+    select: str = "threshold"
+    tau: float = 0.0
+    keep: float = 0.5
+
+
+@dataclass
+class MergeSettings:
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+@dataclass
+class MethodSettings:
+    name: str = "maet"
+
+
+@dataclass
+class EvalSettings:
+    source: str = "local"
+    task_family: str = "mgsm_native_cot"
+    langs: list[str] = field(default_factory=list)
+    num_fewshot: int = 8
+    limit: Optional[int] = 16
+    batch_size: int = 8
+    max_gen_toks: Optional[int] = 64
+    filter: str = "flexible-extract"
+    heldout: bool = True
+
+
+@dataclass
+class TrackerSettings:
+    name: str = "wandb"
+    project: str = "maet"
+    entity: Optional[str] = None
+    mode: str = "offline"
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathSettings:
+    root_dir: str = "???"
+    data_dir: str = "???"
+    cache_dir: str = "???"
+    output_dir: str = "???"
+
+
+@dataclass
+class Settings:
+    seed: int = 0
+    device: str = "auto"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    ability: AbilitySettings = field(default_factory=AbilitySettings)
+    source_lang: LangSettings = field(default_factory=LangSettings)
+    lang: LangSettings = field(default_factory=LangSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    locate: LocateSettings = field(default_factory=LocateSettings)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    language: LanguageSettings = field(default_factory=LanguageSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
+    method: MethodSettings = field(default_factory=MethodSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+
+
+def load_settings(cfg: DictConfig) -> Settings:
+    """Typed, validated settings from a composed config (raises ConfigError on a bad value)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Settings), cfg)
+        settings = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(key, getattr(err, "value", None), f"a value of the schema's type ({err.msg})") from err
+    validate(settings)
+    return settings
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, "one of " + ", ".join(map(str, allowed)))
+
+
+def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _positive_int(key: str, value: int) -> None:
+    _check(key, value, isinstance(value, int) and value > 0, "an integer > 0")
+
+
+def _corpus(key: str, corpus: CorpusSettings) -> None:
+    _choice(f"{key}.source", corpus.source, ("local",))
+    _choice(f"{key}.format", corpus.format, CORPUS_FORMATS)
+    path = Path(corpus.path)
+    _check(f"{key}.path", corpus.path, path.is_file(), "an existing file (check paths.data_dir)")
+    _check(f"{key}.path", corpus.path, path.stat().st_size > 0, "a non-empty file")
+
+
+def validate(s: Settings) -> None:
+    """Range checks of every key; raises ConfigError naming the first bad one."""
+    _choice("device", s.device, DEVICES)
+    _check("paths.data_dir", s.paths.data_dir, Path(s.paths.data_dir).is_dir(), "an existing directory")
+
+    m = s.model
+    _choice("model.source", m.source, MODEL_SOURCES)
+    _choice("model.dtype", m.dtype, DTYPES)
+    if m.source == "scratch":
+        sc = m.scratch
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "max_position_embeddings", "tokenizer_max_docs"):
+            _positive_int(f"model.scratch.{name}", getattr(sc, name))
+        _check("model.scratch.hidden_size", sc.hidden_size, sc.hidden_size % sc.num_heads == 0,
+               f"a multiple of model.scratch.num_heads={sc.num_heads}")
+        _check("model.scratch.num_kv_heads", sc.num_kv_heads, sc.num_heads % sc.num_kv_heads == 0,
+               f"a divisor of model.scratch.num_heads={sc.num_heads}")
+        for path in sc.tokenizer_files:
+            _check("model.scratch.tokenizer_files", path, Path(path).is_file(), "a list of existing text files")
+    else:
+        _check("model.path", m.path, bool(m.path), f"a hub id or folder when model.source={m.source}")
+        if m.source == "local":
+            _check("model.path", m.path, Path(m.path).is_dir(), "an existing model folder")
+
+    _corpus("ability.corpus", s.ability.corpus)
+    _corpus("source_lang.corpus", s.source_lang.corpus)
+    _corpus("lang.corpus", s.lang.corpus)
+
+    t = s.train
+    _positive_int("train.batch_size", t.batch_size)
+    _positive_int("train.seq_len", t.seq_len)
+    _check("train.warmup_ratio", t.warmup_ratio, _finite(t.warmup_ratio) and 0 <= t.warmup_ratio < 1, "a number in [0, 1)")
+    _check("train.weight_decay", t.weight_decay, _finite(t.weight_decay) and t.weight_decay >= 0, "a number >= 0")
+    _check("train.grad_clip", t.grad_clip, _finite(t.grad_clip) and t.grad_clip > 0, "a number > 0")
+    _check("train.heldout_fraction", t.heldout_fraction,
+           _finite(t.heldout_fraction) and 0 < t.heldout_fraction < 0.5, "a number in (0, 0.5)")
+
+    loc = s.locate
+    _choice("locate.score", loc.score, LOCATE_SCORES)
+    _check("locate.ratio", loc.ratio, _finite(loc.ratio) and 0 < loc.ratio <= 1, "a number in (0, 1]")
+    _choice("locate.scope", loc.scope, LOCATE_SCOPES)
+    _check("locate.modules", loc.modules, len(loc.modules) > 0 and set(loc.modules) <= set(MODULES),
+           "a non-empty subset of " + ", ".join(MODULES))
+    _positive_int("locate.tokens", loc.tokens)
+
+    _positive_int("extract.tokens", s.extract.tokens)
+    _check("extract.lr", s.extract.lr, _finite(s.extract.lr) and s.extract.lr > 0, "a number > 0")
+    _positive_int("language.tokens", s.language.tokens)
+    _check("language.lr", s.language.lr, _finite(s.language.lr) and s.language.lr > 0, "a number > 0")
+    _choice("language.train", s.language.train, LANGUAGE_TRAIN)
+
+    tr = s.transfer
+    _choice("transfer.select", tr.select, TRANSFER_SELECTS)
+    _check("transfer.tau", tr.tau, _finite(tr.tau) and -1 <= tr.tau <= 1, "a number in [-1, 1]")
+    _check("transfer.keep", tr.keep, _finite(tr.keep) and 0 < tr.keep <= 1, "a number in (0, 1]")
+    _check("merge.alpha", s.merge.alpha, _finite(s.merge.alpha), "a finite number")
+    _check("merge.beta", s.merge.beta, _finite(s.merge.beta), "a finite number")
+
+    from maet.methods import METHODS  # the registry decides which names exist
+
+    _choice("method.name", s.method.name, tuple(sorted(METHODS)))
+
+    ev = s.eval
+    _choice("eval.source", ev.source, EVAL_SOURCES)
+    _check("eval.num_fewshot", ev.num_fewshot, ev.num_fewshot >= 0, "an integer >= 0")
+    _check("eval.limit", ev.limit, ev.limit is None or ev.limit >= 1, "null (all items) or an integer >= 1")
+    _positive_int("eval.batch_size", ev.batch_size)
+    _check("eval.max_gen_toks", ev.max_gen_toks, ev.max_gen_toks is None or ev.max_gen_toks >= 1,
+           "null (the task's default) or an integer >= 1")
+    _choice("eval.filter", ev.filter, ("flexible-extract", "strict-match"))
+    _check("eval.langs", ev.langs, s.lang.code in ev.langs, f"a list that contains lang.code={s.lang.code!r}")
+    _choice("eval.task_family", ev.task_family, ("mgsm_native_cot", "mgsm_direct", "mgsm_en_cot"))
+    mgsm_dir = Path(s.paths.data_dir) / "mgsm"
+    for code in ev.langs:
+        _check("eval.langs", code, (mgsm_dir / f"mgsm_{code}.tsv").is_file(),
+               f"a language with a benchmark file under {mgsm_dir} "
+               f"({', '.join(sorted(p.stem[5:] for p in mgsm_dir.glob('mgsm_*.tsv')))})")
+
+    _choice("tracker.name", s.tracker.name, TRACKERS)
+    _choice("tracker.mode", s.tracker.mode, WANDB_MODES)

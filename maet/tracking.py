@@ -1,0 +1,76 @@
+"""Experiment tracking: one W&B run per job (offline by default), or none.
+
+`metrics.json` in the run dir is always written by the pipeline; the tracker is never the only
+record. A tracker that fails to start or to log produces one warning and the job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from maet.settings import TrackerSettings
+
+log = logging.getLogger(__name__)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"merge": {"alpha": 1}}` -> `{"merge.alpha": 1}` (lists kept as values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+class NoTracker:
+    def log(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, settings: TrackerSettings, config: dict, run_dir: str, name: str | None):
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(project=settings.project, entity=settings.entity, group=settings.group,
+                              tags=settings.tags or None, mode=settings.mode, dir=run_dir, name=name,
+                              config=config, reinit="finish_previous")
+
+    def _safely(self, what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as err:  # a flaky tracker must never kill the job
+            warnings.warn(f"W&B: could not {what}: {err}; metrics.json still has everything")
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        def _log():
+            self.run.log(metrics)
+            self.run.summary.update(metrics)
+        self._safely("log metrics", _log)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self._safely(f"log table {name}",
+                     lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._safely("finish the run", lambda: self.run.finish(exit_code=exit_code))
+
+
+def open_tracker(settings: TrackerSettings, config: dict, run_dir: str, name: str | None = None):
+    """The configured tracker; falls back to no tracker (with one warning) if W&B fails to start."""
+    if settings.name == "none" or settings.mode == "disabled":
+        return NoTracker()
+    try:
+        return WandbTracker(settings, flatten(config), run_dir, name)
+    except Exception as err:
+        warnings.warn(f"W&B could not start ({err}); this job is not tracked, metrics.json is written")
+        return NoTracker()

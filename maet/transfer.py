@@ -1,0 +1,75 @@
+"""Stage 3, transfer: which ability tensors to keep, and the merge
+`θ* = θ0 + β·R(Lj) + α·(M_T ⊙ R(A))` (the paper's Eq. 3).
+
+All functions are pure: tensors in, tensors out. Arithmetic is in fp32; results are cast to
+the base weight's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from maet.extract import DenseDelta, RowDelta
+
+
+def tensor_similarity(ability: RowDelta, language: DenseDelta) -> dict[str, float]:
+    """`s_t = cos(vec R(A)[t], vec R(Lj)[t])` for every tensor t where R(A) is defined.
+
+    R(A)[t] is zero outside its rows, so the dot product only reads those rows of R(Lj)[t];
+    the norm of R(Lj)[t] is over the whole tensor. A tensor without language delta gets 0.
+    """
+    sims = {}
+    for name, (rows, values) in ability.items():
+        lang = language.get(name)
+        if lang is None:
+            sims[name] = 0.0
+            continue
+        dot = (values.double() * lang.index_select(0, rows).double()).sum()
+        norms = values.double().norm() * lang.double().norm()
+        sims[name] = float(dot / norms) if norms > 0 else 0.0
+    return sims
+
+
+def select_tensors(similarity: dict[str, float], select: str, tau: float, keep: float) -> list[str]:
+    """Names of the ability tensors to transfer (least entangled with the language first).
+
+    threshold: s_t < tau; ratio: the `max(1, round(keep*n))` lowest s_t; all: every tensor.
+    """
+    if select == "all":
+        return list(similarity)
+    if select == "threshold":
+        return [n for n, s in similarity.items() if s < tau]
+    if select == "ratio":
+        ranked = sorted(similarity, key=lambda n: (similarity[n], n))
+        chosen = set(ranked[:max(1, round(keep * len(ranked)))])
+        return [n for n in similarity if n in chosen]
+    raise ValueError(f"unknown transfer.select {select!r}")
+
+
+def merge_weights(base: dict[str, torch.Tensor], language: DenseDelta | None, ability: RowDelta | None,
+                  kept: list[str], alpha: float, beta: float) -> dict[str, torch.Tensor]:
+    """New values of every tensor the merge touches: `θ0 + β·R(Lj) + α·(M_T ⊙ R(A))`.
+
+    `base` maps names to θ0 tensors; the result has the same dtypes. Tensors not in the result
+    are θ0 unchanged. α = 0 gives exactly θ0 + β·R(Lj); α = β = 0 gives exactly θ0.
+    """
+    language = language or {}
+    ability = {n: ability[n] for n in kept} if ability else {}
+    merged = {}
+    for name in dict.fromkeys([*language, *ability]):
+        weight = base[name].float()
+        if name in language:
+            weight = weight + beta * language[name].to(weight.device)
+        if name in ability:
+            rows, values = ability[name]
+            weight = weight.index_add(0, rows.to(weight.device), alpha * values.to(weight.device))
+        merged[name] = weight.to(base[name].dtype)
+    return merged
+
+
+@torch.no_grad()
+def load_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` into the model's parameters in place (no reload from disk)."""
+    params = dict(model.named_parameters())
+    for name, value in weights.items():
+        params[name].copy_(value)
