@@ -78,6 +78,42 @@ def _steps(tokens: int, s: Settings) -> int:
     return data.num_steps(tokens, s.train.batch_size, s.train.seq_len)
 
 
+# ----------------------------------------------------------------------------- cache keys
+# What each stage depends on, and nothing else (its inputs' keys are added by the stage).
+def base_config(s: Settings) -> dict:
+    """A scratch base: architecture, tokenizer corpora (by content) and seed."""
+    files = [data.corpus_fingerprint(s.ability.corpus)]
+    files += [data.corpus_fingerprint(CorpusSettings(path=p)) for p in s.model.scratch.tokenizer_files]
+    return {"scratch": dataclasses.asdict(s.model.scratch) | {"tokenizer_files": None},
+            "corpora": files, "seed": s.seed}
+
+
+def locate_config(s: Settings) -> dict:
+    return {"locate": dataclasses.asdict(s.locate), "seed": s.seed,
+            "batch": [s.train.batch_size, s.train.seq_len],
+            "ability": data.corpus_fingerprint(s.ability.corpus),
+            "general": data.corpus_fingerprint(s.source_lang.corpus) if s.locate.contrast else None,
+            "heldout_fraction": s.train.heldout_fraction if s.locate.contrast else None}
+
+
+def ability_config(s: Settings) -> dict:
+    subtract = s.extract.subtract_general
+    return {"extract": dataclasses.asdict(s.extract), "train": dataclasses.asdict(s.train), "seed": s.seed,
+            "ability": data.corpus_fingerprint(s.ability.corpus),
+            "general": data.corpus_fingerprint(s.source_lang.corpus) if subtract else None}
+
+
+def language_config(s: Settings) -> dict:
+    return {"language": dataclasses.asdict(s.language), "train": dataclasses.asdict(s.train), "seed": s.seed,
+            "corpus": data.corpus_fingerprint(s.lang.corpus)}
+
+
+def evaluate_config(s: Settings) -> dict:
+    return {"eval": dataclasses.asdict(s.eval), "seed": s.seed, "heldout_fraction": s.train.heldout_fraction,
+            "lang_corpus": data.corpus_fingerprint(s.lang.corpus) if s.eval.heldout else None,
+            "data": [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]}
+
+
 # ----------------------------------------------------------------------------- base model
 def base_model(ctx: Context):
     """(model, tokenizer, key) of θ0; a scratch model is built once and cached."""
@@ -89,10 +125,7 @@ def base_model(ctx: Context):
         ctx.record("base", cached=True, start=start, key=key)
         return model, tokenizer, key
 
-    files = [data.corpus_fingerprint(s.ability.corpus)]
-    files += [data.corpus_fingerprint(CorpusSettings(path=p)) for p in m.scratch.tokenizer_files]
-    key = artifact_key("base", {"scratch": dataclasses.asdict(m.scratch) | {"tokenizer_files": None},
-                                "corpora": files, "seed": s.seed})
+    key = artifact_key("base", base_config(s))
     cached = ctx.cache.exists("base", key)
     if not cached:
         limit = m.scratch.tokenizer_max_docs
@@ -117,11 +150,7 @@ def base_model(ctx: Context):
 # ----------------------------------------------------------------------------- stage 1
 def locate_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str) -> tuple[locate.Mask, str]:
     s, start = ctx.settings, time.perf_counter()
-    config = {"locate": dataclasses.asdict(s.locate), "seed": s.seed,
-              "batch": [s.train.batch_size, s.train.seq_len],
-              "ability": data.corpus_fingerprint(s.ability.corpus),
-              "general": data.corpus_fingerprint(s.source_lang.corpus) if s.locate.contrast else None,
-              "heldout_fraction": s.train.heldout_fraction if s.locate.contrast else None}
+    config = locate_config(s)
     key = artifact_key("locate", config, {"base": base_key})
     cached = ctx.cache.exists("locate", key)
     stats = extract.TrainStats()
@@ -152,9 +181,7 @@ def locate_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str
 def ability_stage(ctx: Context, model, tokenizer, corpora: Corpora, mask, mask_key: str):
     """R(A) = θ_A − θ_G on the key rows (θ_A − θ0 with extract.subtract_general=false)."""
     s, start = ctx.settings, time.perf_counter()
-    config = {"extract": dataclasses.asdict(s.extract), "train": dataclasses.asdict(s.train), "seed": s.seed,
-              "ability": data.corpus_fingerprint(s.ability.corpus),
-              "general": data.corpus_fingerprint(s.source_lang.corpus) if s.extract.subtract_general else None}
+    config = ability_config(s)
     key = artifact_key("ability", config, {"mask": mask_key})
     cached = ctx.cache.exists("ability", key)
     stats = extract.TrainStats()
@@ -182,8 +209,7 @@ def language_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
     """R(Lj) = θ_Lj − θ0 by CPT on C(Lj) (all block weights, or only the key rows)."""
     s, start = ctx.settings, time.perf_counter()
     key_rows = s.language.train == "key_neurons"
-    config = {"language": dataclasses.asdict(s.language), "train": dataclasses.asdict(s.train), "seed": s.seed,
-              "corpus": data.corpus_fingerprint(s.lang.corpus)}
+    config = language_config(s)
     inputs = {"base": base_key, "mask": mask_key if key_rows else None}
     key = artifact_key("language", config, inputs)
     cached = ctx.cache.exists("language", key)
@@ -221,9 +247,7 @@ def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[st
 
 def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str) -> tuple[dict, list[dict]]:
     s, start = ctx.settings, time.perf_counter()
-    config = {"eval": dataclasses.asdict(s.eval), "seed": s.seed, "heldout_fraction": s.train.heldout_fraction,
-              "lang_corpus": data.corpus_fingerprint(s.lang.corpus) if s.eval.heldout else None,
-              "data": [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]}
+    config = evaluate_config(s)
     key = artifact_key("evaluate", config, {"model": model_key})
     cached = ctx.cache.exists("evaluate", key)
     if cached:
@@ -316,8 +340,10 @@ def results_table(summary: dict) -> str:
     """A short human-readable table of the headline metrics and of the stages."""
     head = f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} " \
            f"beta={summary['beta']} model={summary['model']} seed={summary['seed']}"
-    metric_rows = [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in summary["metrics"].items()
-                   if "/" not in k or k.endswith("bits_per_byte")]
+    target = f"mgsm_{summary['lang']}"
+    shown = sorted((k for k in summary["metrics"] if "/" not in k or k.endswith("bits_per_byte")),
+                   key=lambda k: (k != target, k))
+    metric_rows = [[k, f"{summary['metrics'][k]:.4f}"] for k in shown]
     stage_rows = [[name, "yes" if r["cached"] else "no", f"{r['seconds']:.1f}", r["train_tokens"]]
                   for name, r in summary["stages"].items()]
     kept = summary["transfer"]["kept"]

@@ -1,0 +1,51 @@
+"""Shared fixtures: no network, tiny models built in code, a tokenizer trained in the session."""
+
+import os
+
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
+                  TOKENIZERS_PARALLELISM="false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from maet.config import PROJECT_ROOT  # noqa: E402
+from maet.model import build_scratch_model, train_tokenizer  # noqa: E402
+from maet.settings import ScratchSettings  # noqa: E402
+
+DATA_DIR = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
+
+# A few sentences written for the tests (not taken from any corpus).
+SENTENCES = [
+    "the red fox jumps over the lazy dog", "a tiny model learns to add 3 and 4",
+    "numbers like 12 and 45 are split into digits", "every morning the baker sells 30 loaves",
+    "mchana mzuri rafiki yangu", "watoto wanacheza mpira uwanjani",
+    "আমি ভাত খাই", "সে বই পড়ে", "question : how many apples ? answer : 7",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    assert DATA_DIR.is_dir(), f"the shared data folder is missing: {DATA_DIR}"
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer(SENTENCES * 4, vocab_size=320)
+
+
+TINY = ScratchSettings(vocab_size=320, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                       num_kv_heads=2, max_position_embeddings=128)
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """A 2-layer Llama (hidden 32), fresh for each test."""
+    return build_scratch_model(TINY, tokenizer, seed=0)
+
+
+def random_batches(vocab: int, n: int, batch: int = 2, seq: int = 16, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(n)]

@@ -1,0 +1,71 @@
+import torch
+from hydra import compose, initialize_config_dir
+
+from maet import pipeline
+from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows
+from maet.config import PROJECT_ROOT, register_resolvers
+from maet.settings import load_settings
+
+
+def test_artifacts_round_trip_bit_exactly(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    delta = {"a.weight": (torch.tensor([0, 3]), torch.randn(2, 5, generator=g)),
+             "b.weight": (torch.tensor([1]), torch.randn(1, 5, generator=g).to(torch.bfloat16))}
+    tensors = pack_rows(delta) | {"dense": torch.randn(4, 4, generator=g, dtype=torch.float64)}
+    cache.save("ability", "k1", {"stage": "ability", "tokens": 3}, tensors)
+    assert cache.exists("ability", "k1") and cache.meta("ability", "k1")["tokens"] == 3
+    loaded = cache.tensors("ability", "k1")
+    assert set(loaded) == set(tensors)
+    assert all(torch.equal(loaded[n], tensors[n]) and loaded[n].dtype == tensors[n].dtype for n in tensors)
+    back = unpack_rows(loaded)
+    assert all(torch.equal(back[n][0], delta[n][0]) and torch.equal(back[n][1], delta[n][1]) for n in delta)
+    assert not [p for p in (tmp_path / "ability").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_first_publisher_wins_and_no_temp_is_left(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    cache.save("locate", "k", {"n": 1}, {"x": torch.zeros(2)})
+    cache.save("locate", "k", {"n": 2}, {"x": torch.ones(2)})
+    assert cache.meta("locate", "k")["n"] == 1 and torch.equal(cache.tensors("locate", "k")["x"], torch.zeros(2))
+    assert [p.name for p in (tmp_path / "locate").iterdir()] == ["k"]
+
+
+def test_a_failed_write_publishes_nothing(tmp_path):
+    cache = ArtifactCache(tmp_path)
+
+    def boom(folder):
+        (folder / "partial").write_text("half")
+        raise RuntimeError("killed")
+
+    try:
+        cache.save("language", "k", {}, {"x": torch.zeros(1)}, write_extra=boom)
+    except RuntimeError:
+        pass
+    assert not cache.exists("language", "k") and list((tmp_path / "language").iterdir()) == []
+
+
+def test_key_depends_on_config_and_inputs():
+    assert artifact_key("s", {"a": 1}) == artifact_key("s", {"a": 1})
+    assert artifact_key("s", {"a": 1}) != artifact_key("s", {"a": 2})
+    assert artifact_key("s", {"a": 1}, {"in": "x"}) != artifact_key("s", {"a": 1}, {"in": "y"})
+    assert artifact_key("s", {"a": 1}) != artifact_key("t", {"a": 1})
+
+
+def _settings(*overrides):
+    register_resolvers()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["paths.output_dir=/tmp", *overrides])
+    return load_settings(cfg)
+
+
+def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
+    a = _settings()
+    b = _settings("lang=bn", "merge.alpha=0.5", "merge.beta=0.3", "transfer.select=all")
+    for fn in (pipeline.base_config, pipeline.locate_config, pipeline.ability_config):
+        assert fn(a) == fn(b), fn.__name__
+    assert pipeline.language_config(a) != pipeline.language_config(b)
+    c = _settings("merge.alpha=0.5", "extract.lr=0.01")
+    assert pipeline.language_config(a) == pipeline.language_config(c)
+    assert pipeline.ability_config(a) != pipeline.ability_config(c)
+    assert pipeline.locate_config(a) != pipeline.locate_config(_settings("locate.ratio=0.1"))
