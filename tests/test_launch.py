@@ -1,0 +1,74 @@
+"""End to end through the real `launch.py`, in subprocesses: a single run, a repeated run that
+computes nothing, and the user's 2x2 multirun that computes R(A) once and R(Lj) once per language."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maet.config import PROJECT_ROOT
+
+# A reduced default: same pipeline, smaller model, budgets and benchmark slice.
+SMALL = [
+    "model.scratch.vocab_size=512", "model.scratch.hidden_size=32", "model.scratch.intermediate_size=64",
+    "model.scratch.num_layers=2", "model.scratch.max_position_embeddings=512",
+    "model.scratch.tokenizer_max_docs=400", "train.batch_size=2", "train.seq_len=64",
+    "locate.tokens=256", "extract.tokens=256", "language.tokens=256",
+    "eval.limit=2", "eval.max_gen_toks=4", "eval.batch_size=2",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def computed(summary: dict) -> set[str]:
+    return {stage for stage, record in summary["stages"].items() if not record["cached"]}
+
+
+def test_single_run_then_repeat_computes_nothing(tmp_path):
+    common = [*SMALL, f"paths.cache_dir={tmp_path / 'cache'}", "tracker=none"]
+    proc = launch(*common, f"hydra.run.dir={tmp_path / 'run1'}", cwd=tmp_path)
+    first = json.loads((tmp_path / "run1" / "metrics.json").read_text())
+    assert {"model", "ability", "lang", "method", "alpha", "metrics", "stages"} <= set(first)
+    assert (first["lang"], first["method"], first["alpha"]) == ("sw", "maet", 1.0)
+    assert 0.0 <= first["metrics"]["mgsm_sw"] <= 1.0 and first["metrics"]["mgsm_sw/n"] == 2
+    assert "heldout_sw/bits_per_byte" in first["metrics"] and "mgsm_en" in first["metrics"]
+    for stage in ("base", "locate", "ability", "language", "evaluate"):
+        record = first["stages"][stage]
+        assert record["cached"] is False and record["seconds"] >= 0
+    assert first["stages"]["ability"]["train_tokens"] == 2 * 2 * 2 * 64  # θ_A and θ_G, 2 steps each
+    assert first["stages"]["language"]["train_tokens"] == 2 * 2 * 64
+    assert "mgsm_sw" in proc.stdout and "stage" in proc.stdout  # the results table
+    assert (tmp_path / "run1" / "predictions.jsonl").is_file()
+
+    launch(*common, f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    second = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    assert computed(second) <= {"transfer", "merge"}, "a repeated run recomputed a cached stage"
+    assert second["metrics"] == first["metrics"]
+    assert second["train_tokens"] == 0
+
+
+def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_path):
+    sweep = tmp_path / "sweep"
+    launch("-m", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, f"paths.cache_dir={tmp_path / 'cache'}",
+           f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert sorted((j["lang"], j["alpha"]) for j in jobs) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
+    assert sum("locate" in computed(j) for j in jobs) == 1
+    assert sum("ability" in computed(j) for j in jobs) == 1
+    for lang in ("sw", "bn"):
+        assert sum("language" in computed(j) for j in jobs if j["lang"] == lang) == 1
+    keys = {j["stages"]["ability"]["key"] for j in jobs}
+    assert len(keys) == 1
+    assert len({j["stages"]["language"]["key"] for j in jobs}) == 2
+    assert all("evaluate" in computed(j) for j in jobs)  # each point is its own model
+    # one offline W&B run per job, grouped by the sweep
+    assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4

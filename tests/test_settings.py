@@ -1,0 +1,71 @@
+"""Bad values fail at the edge, before any model is loaded, naming the key and what is allowed."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+from maet.config import PROJECT_ROOT, register_resolvers
+from maet.settings import ConfigError, load_settings
+
+
+def _load(*overrides):
+    register_resolvers()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["paths.output_dir=/tmp", *overrides])
+    return load_settings(cfg)
+
+
+def test_default_config_is_valid():
+    s = _load()
+    assert s.lang.code == "sw" and s.source_lang.code == "en" and s.eval.langs == ["sw", "en"]
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("locate.ratio=0", "locate.ratio", "(0, 1]"),
+    ("locate.ratio=1.5", "locate.ratio", "(0, 1]"),
+    ("locate.ratio=-0.1", "locate.ratio", "(0, 1]"),
+    ("locate.scope=row", "locate.scope", "tensor, layer, global"),
+    ("locate.score=magic", "locate.score", "grad, random"),
+    ("locate.modules=[q_proj,lm_head]", "locate.modules", "subset"),
+    ("locate.tokens=0", "locate.tokens", "> 0"),
+    ("extract.tokens=-5", "extract.tokens", "> 0"),
+    ("language.tokens=-1", "language.tokens", "> 0"),
+    ("language.train=half", "language.train", "full, key_neurons"),
+    ("merge.alpha=nan", "merge.alpha", "finite"),
+    ("merge.beta=inf", "merge.beta", "finite"),
+    ("transfer.select=best", "transfer.select", "threshold, ratio, all"),
+    ("transfer.keep=0", "transfer.keep", "(0, 1]"),
+    ("eval.limit=0", "eval.limit", ">= 1"),
+    ("eval.langs=[sw,xx]", "eval.langs", "benchmark file"),
+    ("paths.data_dir=/nonexistent/data", "paths.data_dir", "existing directory"),
+    ("lang.corpus.path=/nonexistent.txt", "lang.corpus.path", "existing file"),
+    ("model.scratch.hidden_size=30", "model.scratch.hidden_size", "multiple"),
+    ("tracker.mode=loud", "tracker.mode", "offline, online, disabled"),
+    ("locate.ratio=abc", "locate.ratio", "type"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(override, key, allowed):
+    with pytest.raises(ConfigError) as info:
+        _load(override)
+    assert info.value.key == key
+    assert key in str(info.value) and allowed in str(info.value)
+
+
+def test_unknown_language_lists_the_available_ones():
+    with pytest.raises(MissingConfigException) as info:
+        _load("lang=xx")
+    message = str(info.value)
+    assert "lang/xx" in message and "sw" in message and "bn" in message
+
+
+def test_launch_fails_fast_on_a_bad_value_without_touching_the_cache(tmp_path):
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "launch.py"), "locate.ratio=2", f"paths.cache_dir={cache}",
+         f"hydra.run.dir={tmp_path / 'run'}", "tracker=none"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "locate.ratio=2" in proc.stderr and "(0, 1]" in proc.stderr
+    assert not cache.exists(), "work started before the config was validated"
