@@ -54,7 +54,7 @@ class ArtifactCache:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
         try:
             if tensors is not None:
-                save_file({n: t.contiguous() for n, t in tensors.items()}, tmp / TENSORS)
+                save_file(_unshared(tensors), tmp / TENSORS)
             if write_extra is not None:
                 write_extra(tmp)
             (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -67,6 +67,17 @@ class ArtifactCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, copying any that shares memory with an earlier one (safetensors refuses those)."""
+    seen, out = set(), {}
+    for name, t in tensors.items():
+        t = t.contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        out[name] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
 
 
 def _fsync_tree(folder: Path) -> None:

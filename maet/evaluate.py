@@ -80,6 +80,27 @@ def mgsm_local_task(family: str, lang: str, data_dir: Path, work_dir: Path, sett
     return config
 
 
+def arith_task(lang: str, items: list[dict], work_dir: Path, settings: EvalSettings) -> dict:
+    """The built-in world's benchmark as an lm-eval generation task: the prompt is the problem
+    up to the answer marker, the answer is the last number generated before `.` or a newline."""
+    path = write_jsonl(items, work_dir / "arith" / lang / "test.jsonl")
+    return {
+        "task": f"arith_{lang}", "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(path)}}, "test_split": "test",
+        "output_type": "generate_until", "doc_to_text": "{{question}}", "doc_to_target": "{{answer}}",
+        "target_delimiter": " ", "num_fewshot": settings.num_fewshot,
+        "generation_kwargs": {"until": ["\n", "."], "do_sample": False, "max_gen_toks": settings.max_gen_toks or 16},
+        "filter_list": [{"name": "last-number", "filter": [
+            {"function": "regex", "regex_pattern": "(-?[0-9]+)", "group_select": -1},
+            {"function": "take_first"}]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    }
+
+
+def task_name(benchmark: str, family: str, lang: str) -> str:
+    return f"arith_{lang}" if benchmark == "arith" else f"{family}_{lang}_local"
+
+
 def heldout_task(lang: str, docs: list[str], work_dir: Path) -> dict:
     """Rolling log-likelihood of held-out general text (word/byte perplexity, bits per byte)."""
     path = write_jsonl([{"text": d} for d in docs], work_dir / "heldout" / lang / "test.jsonl")
@@ -95,7 +116,7 @@ def heldout_task(lang: str, docs: list[str], work_dir: Path) -> dict:
     }
 
 
-def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings, seed: int) -> dict:
+def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings) -> dict:
     """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`)."""
     import datasets
     from lm_eval.models.huggingface import HFLM
@@ -104,34 +125,36 @@ def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings, see
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
     return lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=seed,
-        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
+        numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
         bootstrap_iters=0,
     )
 
 
-def summarize(results: dict, langs: list[str], family: str, headline_filter: str) -> tuple[dict, list[dict]]:
+def summarize(results: dict, settings: EvalSettings) -> tuple[dict, list[dict]]:
     """(metrics, predictions) from lm-eval's output.
 
-    metrics: `mgsm_<lang>` (headline accuracy), `mgsm_<lang>/<filter>`, `mgsm_<lang>/n`,
-    `heldout_<lang>/bits_per_byte` (and word/byte perplexity). predictions: one row per item.
+    metrics: `<benchmark>_<lang>` (headline accuracy), `<benchmark>_<lang>/<filter>`,
+    `<benchmark>_<lang>/n`, `heldout_<lang>/bits_per_byte` (and word/byte perplexity).
+    predictions: one row per item and filter.
     """
     metrics: dict[str, float] = {}
     predictions: list[dict] = []
-    for lang in langs:
-        task = f"{family}_{lang}_local"
+    bench = settings.benchmark
+    for lang in settings.langs:
+        task = task_name(bench, settings.task_family, lang)
         res = results["results"][task]
         for key, value in res.items():
             if key.startswith("exact_match,"):
-                metrics[f"mgsm_{lang}/{key.split(',', 1)[1]}"] = float(value)
-        metrics[f"mgsm_{lang}"] = metrics[f"mgsm_{lang}/{headline_filter}"]
-        metrics[f"mgsm_{lang}/n"] = len({s["doc_id"] for s in results["samples"][task]})
+                metrics[f"{bench}_{lang}/{key.split(',', 1)[1]}"] = float(value)
+        metrics[f"{bench}_{lang}"] = metrics[f"{bench}_{lang}/{settings.filter}"]
+        metrics[f"{bench}_{lang}/n"] = len({s["doc_id"] for s in results["samples"][task]})
         for sample in results["samples"][task]:
             predictions.append({
                 "task": task, "lang": lang, "doc_id": sample["doc_id"], "target": sample["target"],
                 "response": sample["resps"][0][0] if sample["resps"] else None,
                 "filtered": sample["filtered_resps"], "filter": sample.get("filter"),
-                "exact_match": sample.get("exact_match"),
+                "exact_match": float(sample["exact_match"]) if "exact_match" in sample else None,
             })
     for task, res in results["results"].items():
         if task.startswith("heldout_"):

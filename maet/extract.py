@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from maet.progress import progress
 from maet.settings import TrainSettings
 
 RowDelta = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -44,7 +44,7 @@ def _optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torc
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(train.warmup_ratio * steps), steps)
     stats, start = TrainStats(), time.perf_counter()
-    with tqdm(total=steps * train.batch_size * train.seq_len, desc=desc, unit="tok", unit_scale=True) as bar:
+    with progress(total=steps * train.batch_size * train.seq_len, desc=desc, unit="tok", unit_scale=True) as bar:
         for batch in batches:
             loss = loss_fn(batch)
             loss.backward()
@@ -55,7 +55,8 @@ def _optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torc
             stats.steps += 1
             stats.tokens += batch.numel()
             bar.update(batch.numel())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if stats.steps % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -10,9 +10,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from maet.model import layer_of
+from maet.progress import progress
 
 Mask = dict[str, torch.Tensor]
 
@@ -29,7 +29,7 @@ def grad_scores(model, batches: Iterable[torch.Tensor], names: list[str], total:
         p.requires_grad_(name in names)
         p.grad = None
     try:
-        for batch in tqdm(batches, total=total, desc="locate: gradients", unit="batch"):
+        for batch in progress(iterable=batches, total=total, desc="locate: gradients", unit="batch"):
             batch = batch.to(model.device)
             model(input_ids=batch, labels=batch).loss.backward()
         return {name: params[name].grad.abs().sum(dim=1).float().cpu() for name in names}

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
-from maet import data, evaluate, extract, locate, transfer
+from maet import data, evaluate, extract, locate, stats, transfer, world
 from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows
 from maet.methods import METHODS, MergeInputs
 from maet.model import (block_linear_names, block_param_names, build_scratch_model, load_pretrained,
@@ -45,12 +45,14 @@ class Context:
     settings: Settings
     cache: ArtifactCache
     device: torch.device
+    world: world.World | None = None
     stages: dict[str, StageRecord] = field(default_factory=dict)
+    suffix: str = ""  # "/seed<k>" for every seed but the first
 
     def record(self, stage: str, cached: bool, start: float, key: str | None = None,
                stats: extract.TrainStats | None = None) -> None:
         stats = stats or extract.TrainStats()
-        self.stages[stage] = StageRecord(cached, round(time.perf_counter() - start, 3),
+        self.stages[stage + self.suffix] = StageRecord(cached, round(time.perf_counter() - start, 3),
                                          stats.tokens, stats.steps, key)
 
 
@@ -61,12 +63,31 @@ class Corpora:
     general: list[str]     # C(L0), training part
     language: list[str]    # C(Lj), training part
     heldout: list[str]     # C(Lj), held-out part (evaluation only)
+    oracle: list[str]      # ability text in Lj (the built-in world only; trains the oracle, never MAET)
 
 
-def load_corpora(s: Settings) -> Corpora:
-    general, _ = data.split_heldout(data.load_documents(s.source_lang.corpus), s.train.heldout_fraction)
-    language, heldout = data.split_heldout(data.load_documents(s.lang.corpus), s.train.heldout_fraction)
-    return Corpora(data.load_documents(s.ability.corpus), general, language, heldout)
+def documents(s: Settings, corpus: CorpusSettings, w: world.World | None) -> list[str]:
+    return world.corpus(w, corpus.path) if corpus.source == "world" else data.load_documents(corpus)
+
+
+def fingerprint(s: Settings, corpus: CorpusSettings) -> dict:
+    """What a cache key needs to know of a corpus (file content hash, or world settings + name)."""
+    if corpus.source == "world":
+        return {"source": "world", "world": world.world_fingerprint(s.world), "name": corpus.path}
+    return data.corpus_fingerprint(corpus)
+
+
+def load_corpora(s: Settings, w: world.World | None) -> Corpora:
+    general, _ = data.split_heldout(documents(s, s.source_lang.corpus, w), s.train.heldout_fraction)
+    language, heldout = data.split_heldout(documents(s, s.lang.corpus, w), s.train.heldout_fraction)
+    oracle = world.corpus(w, f"ability:{s.lang.code}") if s.lang.corpus.source == "world" else []
+    return Corpora(documents(s, s.ability.corpus, w), general, language, heldout, oracle)
+
+
+def uses_world(s: Settings) -> bool:
+    corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
+    return any(c.source == "world" for c in corpora) or s.eval.benchmark == "arith" or \
+        (s.model.source == "scratch" and s.model.scratch.corpus == "world")
 
 
 def _batches(docs: list[str], tokenizer, tokens: int, s: Settings):
@@ -81,42 +102,66 @@ def _steps(tokens: int, s: Settings) -> int:
 # ----------------------------------------------------------------------------- cache keys
 # What each stage depends on, and nothing else (its inputs' keys are added by the stage).
 def base_config(s: Settings) -> dict:
-    """A scratch base: architecture, tokenizer corpora (by content) and seed."""
-    files = [data.corpus_fingerprint(s.ability.corpus)]
-    files += [data.corpus_fingerprint(CorpusSettings(path=p)) for p in s.model.scratch.tokenizer_files]
-    return {"scratch": dataclasses.asdict(s.model.scratch) | {"tokenizer_files": None},
-            "corpora": files, "seed": s.seed}
+    """A scratch base: architecture, seed, pre-training, and the text it is built from (by content)."""
+    sc = s.model.scratch
+    if sc.corpus == "world":
+        text = {"world": world.world_fingerprint(s.world)}
+    else:
+        files = [data.corpus_fingerprint(CorpusSettings(path=p)) for p in sc.tokenizer_files]
+        text = {"ability": fingerprint(s, s.ability.corpus), "files": files}
+    pretrain = dataclasses.asdict(s.train) if sc.pretrain_tokens else None
+    return {"scratch": dataclasses.asdict(sc) | {"tokenizer_files": None}, "text": text, "train": pretrain}
 
 
 def locate_config(s: Settings) -> dict:
     return {"locate": dataclasses.asdict(s.locate), "seed": s.seed,
             "batch": [s.train.batch_size, s.train.seq_len],
-            "ability": data.corpus_fingerprint(s.ability.corpus),
-            "general": data.corpus_fingerprint(s.source_lang.corpus) if s.locate.contrast else None,
+            "ability": fingerprint(s, s.ability.corpus),
+            "general": fingerprint(s, s.source_lang.corpus) if s.locate.contrast else None,
             "heldout_fraction": s.train.heldout_fraction if s.locate.contrast else None}
 
 
 def ability_config(s: Settings) -> dict:
     subtract = s.extract.subtract_general
     return {"extract": dataclasses.asdict(s.extract), "train": dataclasses.asdict(s.train), "seed": s.seed,
-            "ability": data.corpus_fingerprint(s.ability.corpus),
-            "general": data.corpus_fingerprint(s.source_lang.corpus) if subtract else None}
+            "ability": fingerprint(s, s.ability.corpus),
+            "general": fingerprint(s, s.source_lang.corpus) if subtract else None}
 
 
 def language_config(s: Settings) -> dict:
     return {"language": dataclasses.asdict(s.language), "train": dataclasses.asdict(s.train), "seed": s.seed,
-            "corpus": data.corpus_fingerprint(s.lang.corpus)}
+            "corpus": fingerprint(s, s.lang.corpus)}
+
+
+def oracle_config(s: Settings) -> dict:
+    return {"oracle": dataclasses.asdict(s.oracle), "train": dataclasses.asdict(s.train), "seed": s.seed,
+            "world": world.world_fingerprint(s.world), "lang": s.lang.code}
 
 
 def evaluate_config(s: Settings) -> dict:
-    return {"eval": dataclasses.asdict(s.eval), "seed": s.seed, "heldout_fraction": s.train.heldout_fraction,
-            "lang_corpus": data.corpus_fingerprint(s.lang.corpus) if s.eval.heldout else None,
-            "data": [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]}
+    if s.eval.benchmark == "arith":
+        data_files = {"world": world.world_fingerprint(s.world)}
+    else:
+        data_files = [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]
+    return {"eval": dataclasses.asdict(s.eval), "heldout_fraction": s.train.heldout_fraction,
+            "lang_corpus": fingerprint(s, s.lang.corpus) if s.eval.heldout else None, "data": data_files}
 
 
 # ----------------------------------------------------------------------------- base model
+def _scratch_text(s: Settings, w: world.World | None) -> tuple[list[str], list[str]]:
+    """(tokenizer text, pre-training text) of a scratch base."""
+    sc = s.model.scratch
+    if sc.corpus == "world":
+        mix = world.pretraining_mix(w)
+        return mix + w.ability["en"], mix
+    general = []
+    for path in sc.tokenizer_files:
+        general += data.load_documents(CorpusSettings(path=path))[:sc.tokenizer_max_docs]
+    return documents(s, s.ability.corpus, w)[:sc.tokenizer_max_docs] + general, general
+
+
 def base_model(ctx: Context):
-    """(model, tokenizer, key) of θ0; a scratch model is built once and cached."""
+    """(model, tokenizer, key) of θ0; a scratch model is built (and pre-trained) once and cached."""
     s, start = ctx.settings, time.perf_counter()
     m = s.model
     if m.source != "scratch":
@@ -127,23 +172,30 @@ def base_model(ctx: Context):
 
     key = artifact_key("base", base_config(s))
     cached = ctx.cache.exists("base", key)
+    stats = extract.TrainStats()
     if not cached:
-        limit = m.scratch.tokenizer_max_docs
-        docs = data.load_documents(s.ability.corpus)[:limit]
-        for path in m.scratch.tokenizer_files:
-            docs += data.load_documents(CorpusSettings(path=path))[:limit]
-        tokenizer = train_tokenizer(docs, m.scratch.vocab_size)
-        model = build_scratch_model(m.scratch, tokenizer, s.seed)
+        sc = m.scratch
+        tokenizer_text, pretrain_text = _scratch_text(s, ctx.world)
+        tokenizer = train_tokenizer(tokenizer_text, sc.vocab_size)
+        model = build_scratch_model(sc, tokenizer, sc.seed).to(ctx.device)
+        if sc.pretrain_tokens:
+            names = [n for n, _ in model.named_parameters()]
+            batches = data.batches(pretrain_text, tokenizer, tokens=sc.pretrain_tokens, batch_size=s.train.batch_size,
+                                   seq_len=s.train.seq_len, seed=sc.seed)
+            delta, stats = extract.train_full(model, names, batches, _steps(sc.pretrain_tokens, s), sc.pretrain_lr,
+                                              s.train, "base: pre-training")
+            transfer.load_weights(model, {n: p.detach() + delta[n].to(p.device) for n, p in model.named_parameters()})
 
         def write(folder: Path) -> None:
             model.save_pretrained(folder / "model")
             tokenizer.save_pretrained(folder / "model")
 
-        ctx.cache.save("base", key, {"stage": "base", "name": m.name, "params": model.num_parameters()},
-                       write_extra=write)
+        meta = {"stage": "base", "name": m.name, "params": model.num_parameters(), "config": base_config(s),
+                "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
+        ctx.cache.save("base", key, meta, write_extra=write)
     folder = ctx.cache.path("base", key) / "model"
     model, tokenizer = load_pretrained(str(folder), dataclasses.replace(m, trust_remote_code=False), ctx.device)
-    ctx.record("base", cached=cached, start=start, key=key)
+    ctx.record("base", cached=cached, start=start, key=key, stats=None if cached else stats)
     return model, tokenizer, key
 
 
@@ -178,6 +230,9 @@ def locate_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str
 
 
 # ----------------------------------------------------------------------------- stage 2
+THETA_A = "theta_a:"  # θ_A − θ0 on the key rows, stored beside R(A) (the English-ability reference model)
+
+
 def ability_stage(ctx: Context, model, tokenizer, corpora: Corpora, mask, mask_key: str):
     """R(A) = θ_A − θ_G on the key rows (θ_A − θ0 with extract.subtract_general=false)."""
     s, start = ctx.settings, time.perf_counter()
@@ -186,7 +241,9 @@ def ability_stage(ctx: Context, model, tokenizer, corpora: Corpora, mask, mask_k
     cached = ctx.cache.exists("ability", key)
     stats = extract.TrainStats()
     if cached:
-        delta = unpack_rows(ctx.cache.tensors("ability", key))
+        tensors = ctx.cache.tensors("ability", key)
+        delta = unpack_rows(tensors)
+        theta_a = {n: (rows, tensors[THETA_A + n]) for n, (rows, _) in delta.items()}
     else:
         steps = _steps(s.extract.tokens, s)
         theta_a, stats = extract.train_rows(model, mask, _batches(corpora.ability, tokenizer, s.extract.tokens, s),
@@ -200,9 +257,10 @@ def ability_stage(ctx: Context, model, tokenizer, corpora: Corpora, mask, mask_k
         delta = extract.ability_delta(theta_a, theta_g)
         meta = {"stage": "ability", "config": config, "inputs": {"mask": mask_key},
                 "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
-        ctx.cache.save("ability", key, meta, pack_rows(delta))
+        theta_a_packed = {THETA_A + n: values for n, (_, values) in theta_a.items()}
+        ctx.cache.save("ability", key, meta, pack_rows(delta) | theta_a_packed)
     ctx.record("ability", cached, start, key, stats if not cached else None)
-    return delta, key
+    return delta, theta_a, key
 
 
 def language_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str, mask, mask_key: str | None):
@@ -234,6 +292,27 @@ def language_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
     return delta, key
 
 
+def oracle_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
+    """The oracle's delta: full CPT of θ0 on ability text *in* Lj (a ceiling MAET never uses)."""
+    s, start = ctx.settings, time.perf_counter()
+    config = oracle_config(s)
+    key = artifact_key("oracle", config, {"base": base_key})
+    cached = ctx.cache.exists("oracle", key)
+    stats = extract.TrainStats()
+    if cached:
+        delta = ctx.cache.tensors("oracle", key)
+    else:
+        steps = _steps(s.oracle.tokens, s)
+        delta, stats = extract.train_full(model, block_param_names(model),
+                                          _batches(corpora.oracle, tokenizer, s.oracle.tokens, s), steps,
+                                          s.oracle.lr, s.train, f"oracle: ability text in {s.lang.code}")
+        meta = {"stage": "oracle", "config": config, "inputs": {"base": base_key},
+                "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
+        ctx.cache.save("oracle", key, meta, delta)
+    ctx.record("oracle", cached, start, key, stats if not cached else None)
+    return delta, key
+
+
 # ----------------------------------------------------------------------------- stage 3 + 4
 def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[str, float], list[str]]:
     start, t = time.perf_counter(), ctx.settings.transfer
@@ -245,7 +324,21 @@ def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[st
     return similarity, kept
 
 
-def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str) -> tuple[dict, list[dict]]:
+def eval_tasks(ctx: Context, corpora: Corpora) -> list[dict]:
+    """The lm-eval task configs of this job: the benchmark in every eval language, held-out text."""
+    s, work = ctx.settings, ctx.cache.root / "data"
+    if s.eval.benchmark == "arith":
+        work = work / world.world_fingerprint(s.world)
+        tasks = [evaluate.arith_task(code, ctx.world.benchmark[code], work, s.eval) for code in s.eval.langs]
+    else:
+        tasks = [evaluate.mgsm_local_task(s.eval.task_family, code, Path(s.paths.data_dir), work, s.eval)
+                 for code in s.eval.langs]
+    if s.eval.heldout:
+        tasks.append(evaluate.heldout_task(s.lang.code, corpora.heldout, work))
+    return tasks
+
+
+def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str, name: str) -> tuple[dict, list[dict]]:
     s, start = ctx.settings, time.perf_counter()
     config = evaluate_config(s)
     key = artifact_key("evaluate", config, {"model": model_key})
@@ -255,72 +348,146 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
         predictions = [json.loads(line) for line in
                        (ctx.cache.path("evaluate", key) / "predictions.jsonl").read_text().splitlines()]
     else:
-        work = ctx.cache.root / "data"
-        tasks = [evaluate.mgsm_local_task(s.eval.task_family, code, Path(s.paths.data_dir), work, s.eval)
-                 for code in s.eval.langs]
-        if s.eval.heldout:
-            tasks.append(evaluate.heldout_task(s.lang.code, corpora.heldout, work))
         model.eval()
-        results = evaluate.run_lm_eval(model, tokenizer, tasks, s.eval, s.seed)
-        metrics, predictions = evaluate.summarize(results, s.eval.langs, s.eval.task_family, s.eval.filter)
+        results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
+        metrics, predictions = evaluate.summarize(results, s.eval)
 
         def write(folder: Path) -> None:
             evaluate.write_jsonl(predictions, folder / "predictions.jsonl")
 
         ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
                        write_extra=write)
-    ctx.record("evaluate", cached, start, key)
+    ctx.record(name, cached, start, key)
     return metrics, predictions
 
 
-def build_model(ctx: Context, model, base_key: str, ability, ability_key, language, language_key, kept):
-    """Load the method's weights into `model` in place; returns the key of the merged model."""
-    s, start = ctx.settings, time.perf_counter()
-    method = METHODS[s.method.name]
-    touched = set(language or {}) | set(ability or {})
-    params = dict(model.named_parameters())
-    base = {n: params[n].detach().clone() for n in touched}
-    weights = method.build(MergeInputs(base, language, ability, kept, s.merge.alpha, s.merge.beta))
-    transfer.load_weights(model, weights)
-    merge_config = {"method": s.method.name}
+# ----------------------------------------------------------------------------- models to evaluate
+@dataclass
+class Artifacts:
+    """Deltas of one seed, with their cache keys (None where the job does not need them)."""
+    base_key: str
+    mask: locate.Mask | None = None
+    ability: extract.RowDelta | None = None
+    theta_a: extract.RowDelta | None = None
+    ability_key: str | None = None
+    language: extract.DenseDelta | None = None
+    language_key: str | None = None
+    oracle: extract.DenseDelta | None = None
+    oracle_key: str | None = None
+    kept: list[str] = field(default_factory=list)
+
+
+def variant_weights(name: str, s: Settings, base: dict[str, torch.Tensor], a: Artifacts):
+    """(new tensor values, model key) of a method or a reference model of the testbed table."""
+    inputs = {"base": a.base_key}
+    if name == "ability":  # θ_A: the model trained on English ability text (key rows only)
+        weights = transfer.merge_weights(base, None, a.theta_a, list(a.theta_a), alpha=1.0, beta=0.0)
+        return weights, artifact_key("model", {"variant": "theta_a"}, inputs | {"ability": a.ability_key})
+    if name == "oracle":
+        weights = transfer.merge_weights(base, a.oracle, None, [], alpha=0.0, beta=1.0)
+        return weights, artifact_key("model", {"variant": "oracle"}, inputs | {"oracle": a.oracle_key})
+    method = METHODS[name]
+    weights = method.build(MergeInputs(base, a.language, a.ability, a.kept, s.merge.alpha, s.merge.beta))
+    config = {"method": name}
     if method.tunable:
-        merge_config |= {"merge": dataclasses.asdict(s.merge), "transfer": dataclasses.asdict(s.transfer)}
-    key = artifact_key("model", merge_config, {"base": base_key, "ability": ability_key, "language": language_key})
-    ctx.record("merge", False, start, key)
-    return key
+        config |= {"merge": dataclasses.asdict(s.merge), "transfer": dataclasses.asdict(s.transfer)}
+    if "ability" in method.needs:
+        inputs["ability"] = a.ability_key
+    if "language" in method.needs:
+        inputs["language"] = a.language_key
+    return weights, artifact_key("model", config, inputs)
+
+
+def seed_artifacts(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str, variants: list[str]) -> Artifacts:
+    """Every stage output the variants need, for the seed in ctx.settings."""
+    s = ctx.settings
+    needs = set().union(*(METHODS[v].needs if v in METHODS else {v} for v in variants))
+    a = Artifacts(base_key)
+    mask = mask_key = None
+    if needs & {"ability"} or ("language" in needs and s.language.train == "key_neurons"):
+        mask, mask_key = locate_stage(ctx, model, tokenizer, corpora, base_key)
+        a.mask = mask
+    if "ability" in needs:
+        a.ability, a.theta_a, a.ability_key = ability_stage(ctx, model, tokenizer, corpora, mask, mask_key)
+    if "language" in needs:
+        a.language, a.language_key = language_stage(ctx, model, tokenizer, corpora, base_key, mask, mask_key)
+    if "oracle" in needs:
+        a.oracle, a.oracle_key = oracle_stage(ctx, model, tokenizer, corpora, base_key)
+    return a
 
 
 # ----------------------------------------------------------------------------- one job
 @dataclass
 class JobResult:
-    metrics: dict[str, float]
-    predictions: list[dict]
+    metrics: dict[str, float]              # the method's metrics, averaged over seeds
+    per_seed: list[dict[str, float]]       # the method's metrics of each seed
+    testbed: dict[str, list[dict]]         # variant -> metrics of each seed (method and references)
+    predictions: list[dict]                # the method's, first seed
     stages: dict[str, StageRecord]
-    similarity: dict[str, float]
-    kept: list[str]
+    similarity: dict[str, float]           # first seed
+    kept: list[str]                        # first seed
     mask_rows: dict[str, int]
 
 
+def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+
+
 def run_job(s: Settings) -> JobResult:
-    """All stages of one job; artifacts come from the cache when their key is there."""
+    """All stages of one job, for each seed; artifacts come from the cache when their key is there."""
     cache = ArtifactCache(s.paths.cache_dir)
-    ctx = Context(s, cache, resolve_device(s.device))
-    torch.manual_seed(s.seed)
-    corpora = load_corpora(s)
+    ctx = Context(s, cache, resolve_device(s.device), world.generate(s.world) if uses_world(s) else None)
+    corpora = load_corpora(s, ctx.world)
     model, tokenizer, base_key = base_model(ctx)
-    needs = METHODS[s.method.name].needs
-    mask = mask_key = ability = ability_key = language = language_key = None
-    if "ability" in needs or ("language" in needs and s.language.train == "key_neurons"):
-        mask, mask_key = locate_stage(ctx, model, tokenizer, corpora, base_key)
-    if "ability" in needs:
-        ability, ability_key = ability_stage(ctx, model, tokenizer, corpora, mask, mask_key)
-    if "language" in needs:
-        language, language_key = language_stage(ctx, model, tokenizer, corpora, base_key, mask, mask_key)
-    similarity, kept = transfer_stage(ctx, ability, language)
-    model_key = build_model(ctx, model, base_key, ability, ability_key, language, language_key, kept)
-    metrics, predictions = evaluate_stage(ctx, model, tokenizer, corpora, model_key)
-    mask_rows = {n: len(r) for n, r in (mask or {}).items()}
-    return JobResult(metrics, predictions, ctx.stages, similarity, kept, mask_rows)
+    variants = list(dict.fromkeys([s.method.name, *s.report.references]))
+    touched = {n for n, _ in model.named_parameters() if ".layers." in n}
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if n in touched}
+    testbed: dict[str, list[dict]] = {v: [] for v in variants}
+    first = None
+    for k in range(s.report.seeds):
+        seed_settings = dataclasses.replace(s, seed=s.seed + k)
+        ctx.settings, ctx.suffix = seed_settings, f"/seed{s.seed + k}" if k else ""
+        torch.manual_seed(seed_settings.seed)
+        a = seed_artifacts(ctx, model, tokenizer, corpora, base_key, variants)
+        similarity, a.kept = transfer_stage(ctx, a.ability, a.language)
+        for variant in variants:
+            start = time.perf_counter()
+            weights, model_key = variant_weights(variant, seed_settings, base, a)
+            transfer.load_weights(model, weights)
+            ctx.record("merge" if variant == s.method.name else f"merge/{variant}", False, start, model_key)
+            name = "evaluate" if variant == s.method.name else f"evaluate/{variant}"
+            metrics, predictions = evaluate_stage(ctx, model, tokenizer, corpora, model_key, name)
+            transfer.load_weights(model, {n: base[n] for n in weights})
+            testbed[variant].append(metrics)
+            if first is None and variant == s.method.name:
+                first = (predictions, similarity, list(a.kept), a)
+    ctx.settings, ctx.suffix = s, ""
+    predictions, similarity, kept, a = first
+    mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
+    runs = testbed[s.method.name]
+    return JobResult(_mean_metrics(runs), runs, testbed, predictions, ctx.stages, similarity, kept, mask_rows)
+
+
+def headline(s: Settings) -> str:
+    """Name of the headline metric: accuracy on the benchmark in the target language."""
+    return f"{s.eval.benchmark}_{s.lang.code}"
+
+
+def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
+    """One row per evaluated model: accuracy in each eval language (mean and 95% interval over
+    seeds) and held-out bits per byte of the target language."""
+    rows = []
+    for variant, runs in result.testbed.items():
+        row = {"model": variant, "seeds": len(runs)}
+        for code in s.eval.langs:
+            name = f"{s.eval.benchmark}_{code}"
+            mean, low, high = stats.mean_interval([r[name] for r in runs], int(runs[0][f"{name}/n"]))
+            row[name] = {"mean": mean, "low": low, "high": high, "per_seed": [r[name] for r in runs]}
+        bpb = f"heldout_{s.lang.code}/bits_per_byte"
+        if bpb in runs[0]:
+            row[bpb] = sum(r[bpb] for r in runs) / len(runs)
+        rows.append(row)
+    return rows
 
 
 def job_summary(s: Settings, result: JobResult) -> dict:
@@ -328,30 +495,66 @@ def job_summary(s: Settings, result: JobResult) -> dict:
     stages = {name: dataclasses.asdict(r) for name, r in result.stages.items()}
     return {
         "model": s.model.name, "ability": s.ability.name, "lang": s.lang.code, "method": s.method.name,
-        "alpha": s.merge.alpha, "beta": s.merge.beta, "seed": s.seed,
-        "metrics": result.metrics, "stages": stages,
+        "alpha": s.merge.alpha, "beta": s.merge.beta, "seed": s.seed, "seeds": s.report.seeds,
+        "headline": headline(s), "metrics": result.metrics, "metrics_per_seed": result.per_seed,
+        "testbed": testbed_rows(s, result), "stages": stages,
         "train_tokens": sum(r.train_tokens for r in result.stages.values() if not r.cached),
         "transfer": {"similarity": result.similarity, "kept": result.kept},
         "key_neurons": result.mask_rows,
     }
 
 
+def testbed_flat(summary: dict) -> tuple[list[str], list[list]]:
+    """(columns, rows) of the testbed with one number per cell (for W&B tables and CSV)."""
+    columns, rows = ["model", "seeds"], []
+    for r in summary["testbed"]:
+        row = [r["model"], r["seeds"]]
+        for key, cell in r.items():
+            if isinstance(cell, dict):
+                row += [cell["mean"], cell["low"], cell["high"]]
+                if len(rows) == 0:
+                    columns += [key, f"{key}/low", f"{key}/high"]
+            elif key.startswith("heldout_"):
+                row.append(cell)
+                if len(rows) == 0:
+                    columns.append(key)
+        rows.append(row)
+    return columns, rows
+
+
+def _fmt_interval(cell: dict) -> str:
+    return f"{100 * cell['mean']:5.1f} [{100 * cell['low']:.1f}, {100 * cell['high']:.1f}]"
+
+
+def testbed_table(summary: dict, fmt: str = "github") -> str:
+    """Accuracy (%) of every evaluated model with 95% intervals; bits per byte of held-out text."""
+    rows = summary["testbed"]
+    acc_cols = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+    extra = [k for k in rows[0] if k.startswith("heldout_")]
+    body = [[r["model"], *[_fmt_interval(r[c]) for c in acc_cols], *[f"{r[c]:.3f}" for c in extra]] for r in rows]
+    headers = ["model", *[f"{c} % [95% CI]" for c in acc_cols], *extra]
+    return tabulate(body, headers=headers, tablefmt=fmt)
+
+
+def stage_table(summary: dict) -> str:
+    """Stages grouped over seeds and models: computed / cached counts, seconds, training tokens."""
+    groups: dict[str, list[dict]] = {}
+    for name, record in summary["stages"].items():
+        groups.setdefault(name.split("/")[0], []).append(record)
+    rows = [[stage, sum(not r["cached"] for r in records), sum(r["cached"] for r in records),
+             f"{sum(r['seconds'] for r in records):.1f}", sum(r["train_tokens"] for r in records)]
+            for stage, records in groups.items()]
+    return tabulate(rows, headers=["stage", "computed", "cached", "seconds", "train tokens"], tablefmt="github")
+
+
 def results_table(summary: dict) -> str:
-    """A short human-readable table of the headline metrics and of the stages."""
-    head = f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} " \
-           f"beta={summary['beta']} model={summary['model']} seed={summary['seed']}"
-    target = f"mgsm_{summary['lang']}"
-    shown = sorted((k for k in summary["metrics"] if "/" not in k or k.endswith("bits_per_byte")),
-                   key=lambda k: (k != target, k))
-    metric_rows = [[k, f"{summary['metrics'][k]:.4f}"] for k in shown]
-    stage_rows = [[name, "yes" if r["cached"] else "no", f"{r['seconds']:.1f}", r["train_tokens"]]
-                  for name, r in summary["stages"].items()]
-    kept = summary["transfer"]["kept"]
+    """The human-readable end of a run: models x languages, then the stages."""
+    head = (f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} "
+            f"beta={summary['beta']} model={summary['model']} seeds={summary['seeds']} (from {summary['seed']})")
+    lines = [head, testbed_table(summary), "", stage_table(summary)]
     total = len(summary["transfer"]["similarity"])
-    lines = [head, tabulate(metric_rows, headers=["metric", "value"], tablefmt="github"), "",
-             tabulate(stage_rows, headers=["stage", "cached", "seconds", "train tokens"], tablefmt="github")]
     if total:
-        lines.append(f"transfer: kept {len(kept)}/{total} ability tensors")
+        lines.append(f"transfer (seed {summary['seed']}): kept {len(summary['transfer']['kept'])}/{total} ability tensors")
     return "\n".join(lines)
 
 
@@ -390,9 +593,11 @@ def run(cfg: DictConfig) -> float:
         result = run_job(s)
         summary = job_summary(s, result)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out / "results.md").write_text(results_table(summary) + "\n")
         evaluate.write_jsonl(result.predictions, out / "predictions.jsonl")
         tracker.log({**summary["metrics"], "train_tokens": summary["train_tokens"],
                      **{f"stages/{n}/seconds": r["seconds"] for n, r in summary["stages"].items()}})
+        tracker.log_table("testbed", *testbed_flat(summary))
         tracker.log_table("transfer/similarity", ["tensor", "similarity", "kept"],
                           [[n, v, n in result.kept] for n, v in result.similarity.items()])
     except BaseException:
@@ -400,4 +605,4 @@ def run(cfg: DictConfig) -> float:
         raise
     tracker.finish(exit_code=0)
     print(results_table(summary))
-    return float(summary["metrics"][f"mgsm_{s.lang.code}"])
+    return float(summary["metrics"][headline(s)])

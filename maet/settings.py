@@ -22,6 +22,9 @@ LOCATE_SCOPES = ("tensor", "layer", "global")
 TRANSFER_SELECTS = ("threshold", "ratio", "all")
 LANGUAGE_TRAIN = ("full", "key_neurons")
 CORPUS_FORMATS = ("text", "gsm8k")
+CORPUS_SOURCES = ("local", "world")
+BENCHMARKS = ("mgsm", "arith")
+REFERENCES = ("base", "ability", "language_only", "oracle")
 MODEL_SOURCES = ("scratch", "hub", "local")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,9 +43,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class CorpusSettings:
-    source: str = "local"  # only local files for now
-    path: str = "???"
-    format: str = "text"  # text: one document per line; gsm8k: jsonl with question/answer
+    source: str = "local"  # local: a file at `path`; world: the built-in world's corpus named by `path`
+    path: str = "???"      # a file, or a world corpus `<general|ability|parallel>:<code>`
+    format: str = "text"   # text: one document per line; gsm8k: jsonl with question/answer
 
 
 @dataclass
@@ -64,6 +67,10 @@ class ScratchSettings:
     max_position_embeddings: int = 2048
     tokenizer_files: list[str] = field(default_factory=list)
     tokenizer_max_docs: int = 20000
+    corpus: str = "files"       # files: tokenizer_files (+ ability corpus) | world: the world's pre-training mix
+    seed: int = 0               # init and pre-training seed of the base
+    pretrain_tokens: int = 0    # pre-training tokens of the base (0: random init)
+    pretrain_lr: float = 3e-3
 
 
 @dataclass
@@ -80,6 +87,40 @@ class ModelSettings:
 class AbilitySettings:
     name: str = "???"
     corpus: CorpusSettings = field(default_factory=CorpusSettings)
+
+
+@dataclass
+class WorldLanguageSettings:
+    code: str = "???"
+    script: str = "latin"
+    order: str = "SVO"
+    noun_first: bool = False
+    distance: float = 0.5
+
+
+@dataclass
+class WorldSettings:
+    seed: int = 0
+    languages: list[WorldLanguageSettings] = field(default_factory=list)
+    general_per_lang: int = 6000
+    parallel_per_lang: int = 1500
+    ability_per_lang: int = 6000
+    benchmark_per_lang: int = 200
+    max_operand: int = 9
+    pretrain_equations: int = 3000
+    pretrain_ability_en: int = 300
+
+
+@dataclass
+class OracleSettings:
+    tokens: int = 32768
+    lr: float = 3e-3
+
+
+@dataclass
+class ReportSettings:
+    seeds: int = 1
+    references: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +177,7 @@ class MethodSettings:
 
 @dataclass
 class EvalSettings:
+    benchmark: str = "mgsm"
     source: str = "local"
     task_family: str = "mgsm_native_cot"
     langs: list[str] = field(default_factory=list)
@@ -145,6 +187,7 @@ class EvalSettings:
     max_gen_toks: Optional[int] = 64
     filter: str = "flexible-extract"
     heldout: bool = True
+    seed: int = 1234
 
 
 @dataclass
@@ -169,6 +212,7 @@ class PathSettings:
 class Settings:
     seed: int = 0
     device: str = "auto"
+    world: WorldSettings = field(default_factory=WorldSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     ability: AbilitySettings = field(default_factory=AbilitySettings)
     source_lang: LangSettings = field(default_factory=LangSettings)
@@ -179,6 +223,8 @@ class Settings:
     language: LanguageSettings = field(default_factory=LanguageSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
     merge: MergeSettings = field(default_factory=MergeSettings)
+    oracle: OracleSettings = field(default_factory=OracleSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
     method: MethodSettings = field(default_factory=MethodSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
@@ -215,12 +261,33 @@ def _positive_int(key: str, value: int) -> None:
     _check(key, value, isinstance(value, int) and value > 0, "an integer > 0")
 
 
-def _corpus(key: str, corpus: CorpusSettings) -> None:
-    _choice(f"{key}.source", corpus.source, ("local",))
+def _corpus(key: str, corpus: CorpusSettings, world_corpora: set[str]) -> None:
+    _choice(f"{key}.source", corpus.source, CORPUS_SOURCES)
     _choice(f"{key}.format", corpus.format, CORPUS_FORMATS)
+    if corpus.source == "world":
+        _check(f"{key}.path", corpus.path, corpus.path in world_corpora,
+               "a corpus of the built-in world: " + ", ".join(sorted(world_corpora)))
+        return
     path = Path(corpus.path)
     _check(f"{key}.path", corpus.path, path.is_file(), "an existing file (check paths.data_dir)")
     _check(f"{key}.path", corpus.path, path.stat().st_size > 0, "a non-empty file")
+
+
+def _world(w: WorldSettings) -> set[str]:
+    """Checks the world settings; returns the names of its corpora."""
+    codes = [lang.code for lang in w.languages]
+    _check("world.languages", codes, len(codes) == len(set(codes)) and "en" in codes,
+           "a list of distinct languages that includes en (the source language)")
+    for i, lang in enumerate(w.languages):
+        _choice(f"world.languages[{i}].script", lang.script, ("latin", "bengali", "telugu", "thai"))
+        _choice(f"world.languages[{i}].order", lang.order, ("SVO", "SOV", "VSO"))
+        _check(f"world.languages[{i}].distance", lang.distance, _finite(lang.distance) and 0 <= lang.distance <= 1,
+               "a number in [0, 1]")
+    for name in ("general_per_lang", "ability_per_lang", "benchmark_per_lang", "max_operand"):
+        _positive_int(f"world.{name}", getattr(w, name))
+    for name in ("parallel_per_lang", "pretrain_equations", "pretrain_ability_en"):
+        _check(f"world.{name}", getattr(w, name), getattr(w, name) >= 0, "an integer >= 0")
+    return {f"{kind}:{code}" for code in codes for kind in ("general", "ability", "parallel")}
 
 
 def validate(s: Settings) -> None:
@@ -240,16 +307,20 @@ def validate(s: Settings) -> None:
                f"a multiple of model.scratch.num_heads={sc.num_heads}")
         _check("model.scratch.num_kv_heads", sc.num_kv_heads, sc.num_heads % sc.num_kv_heads == 0,
                f"a divisor of model.scratch.num_heads={sc.num_heads}")
-        for path in sc.tokenizer_files:
+        _choice("model.scratch.corpus", sc.corpus, ("files", "world"))
+        for path in sc.tokenizer_files if sc.corpus == "files" else []:
             _check("model.scratch.tokenizer_files", path, Path(path).is_file(), "a list of existing text files")
+        _check("model.scratch.pretrain_tokens", sc.pretrain_tokens, sc.pretrain_tokens >= 0, "an integer >= 0")
+        _check("model.scratch.pretrain_lr", sc.pretrain_lr, _finite(sc.pretrain_lr) and sc.pretrain_lr > 0, "a number > 0")
     else:
         _check("model.path", m.path, bool(m.path), f"a hub id or folder when model.source={m.source}")
         if m.source == "local":
             _check("model.path", m.path, Path(m.path).is_dir(), "an existing model folder")
 
-    _corpus("ability.corpus", s.ability.corpus)
-    _corpus("source_lang.corpus", s.source_lang.corpus)
-    _corpus("lang.corpus", s.lang.corpus)
+    world_corpora = _world(s.world)
+    _corpus("ability.corpus", s.ability.corpus, world_corpora)
+    _corpus("source_lang.corpus", s.source_lang.corpus, world_corpora)
+    _corpus("lang.corpus", s.lang.corpus, world_corpora)
 
     t = s.train
     _positive_int("train.batch_size", t.batch_size)
@@ -278,6 +349,14 @@ def validate(s: Settings) -> None:
     _choice("transfer.select", tr.select, TRANSFER_SELECTS)
     _check("transfer.tau", tr.tau, _finite(tr.tau) and -1 <= tr.tau <= 1, "a number in [-1, 1]")
     _check("transfer.keep", tr.keep, _finite(tr.keep) and 0 < tr.keep <= 1, "a number in (0, 1]")
+    _positive_int("oracle.tokens", s.oracle.tokens)
+    _check("oracle.lr", s.oracle.lr, _finite(s.oracle.lr) and s.oracle.lr > 0, "a number > 0")
+    _positive_int("report.seeds", s.report.seeds)
+    for ref in s.report.references:
+        _choice("report.references", ref, REFERENCES)
+    if "oracle" in s.report.references:
+        _check("report.references", "oracle", s.lang.corpus.source == "world",
+               "oracle only where target-language ability text exists (the built-in world)")
     _check("merge.alpha", s.merge.alpha, _finite(s.merge.alpha), "a finite number")
     _check("merge.beta", s.merge.beta, _finite(s.merge.beta), "a finite number")
 
@@ -286,17 +365,24 @@ def validate(s: Settings) -> None:
     _choice("method.name", s.method.name, tuple(sorted(METHODS)))
 
     ev = s.eval
+    _choice("eval.benchmark", ev.benchmark, BENCHMARKS)
     _choice("eval.source", ev.source, EVAL_SOURCES)
     _check("eval.num_fewshot", ev.num_fewshot, ev.num_fewshot >= 0, "an integer >= 0")
     _check("eval.limit", ev.limit, ev.limit is None or ev.limit >= 1, "null (all items) or an integer >= 1")
     _positive_int("eval.batch_size", ev.batch_size)
     _check("eval.max_gen_toks", ev.max_gen_toks, ev.max_gen_toks is None or ev.max_gen_toks >= 1,
            "null (the task's default) or an integer >= 1")
-    _choice("eval.filter", ev.filter, ("flexible-extract", "strict-match"))
     _check("eval.langs", ev.langs, s.lang.code in ev.langs, f"a list that contains lang.code={s.lang.code!r}")
-    _choice("eval.task_family", ev.task_family, ("mgsm_native_cot", "mgsm_direct", "mgsm_en_cot"))
+    if ev.benchmark == "arith":
+        codes = [lang.code for lang in s.world.languages]
+        for code in ev.langs:
+            _check("eval.langs", code, code in codes, "languages of the built-in world: " + ", ".join(codes))
+        _choice("eval.filter", ev.filter, ("last-number",))
+    else:
+        _choice("eval.filter", ev.filter, ("flexible-extract", "strict-match"))
+        _choice("eval.task_family", ev.task_family, ("mgsm_native_cot", "mgsm_direct", "mgsm_en_cot"))
     mgsm_dir = Path(s.paths.data_dir) / "mgsm"
-    for code in ev.langs:
+    for code in ev.langs if ev.benchmark == "mgsm" else []:
         _check("eval.langs", code, (mgsm_dir / f"mgsm_{code}.tsv").is_file(),
                f"a language with a benchmark file under {mgsm_dir} "
                f"({', '.join(sorted(p.stem[5:] for p in mgsm_dir.glob('mgsm_*.tsv')))})")

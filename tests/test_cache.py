@@ -65,7 +65,16 @@ def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
     for fn in (pipeline.base_config, pipeline.locate_config, pipeline.ability_config):
         assert fn(a) == fn(b), fn.__name__
     assert pipeline.language_config(a) != pipeline.language_config(b)
-    c = _settings("merge.alpha=0.5", "extract.lr=0.01")
+    c = _settings("merge.alpha=0.5", "extract.lr=0.02")
     assert pipeline.language_config(a) == pipeline.language_config(c)
     assert pipeline.ability_config(a) != pipeline.ability_config(c)
-    assert pipeline.locate_config(a) != pipeline.locate_config(_settings("locate.ratio=0.1"))
+    assert pipeline.locate_config(a) != pipeline.locate_config(_settings("locate.ratio=0.2"))
+
+
+def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):
+    rows = torch.tensor([0, 2])
+    values = torch.randn(2, 3)
+    cache = ArtifactCache(tmp_path)
+    cache.save("ability", "k", {}, {"rows:a": rows, "values:a": values, "theta_a:a": values, "rows:b": rows})
+    loaded = cache.tensors("ability", "k")
+    assert torch.equal(loaded["theta_a:a"], values) and torch.equal(loaded["rows:b"], rows)

@@ -10,10 +10,21 @@ import pytest
 
 from maet.config import PROJECT_ROOT
 
-# A reduced default: same pipeline, smaller model, budgets and benchmark slice.
+# The default (the built-in world), reduced: same pipeline, smaller world, model and budgets.
 SMALL = [
-    "model.scratch.vocab_size=512", "model.scratch.hidden_size=32", "model.scratch.intermediate_size=64",
-    "model.scratch.num_layers=2", "model.scratch.max_position_embeddings=512",
+    "world.general_per_lang=400", "world.parallel_per_lang=100", "world.ability_per_lang=300",
+    "world.benchmark_per_lang=16", "world.pretrain_equations=100", "world.pretrain_ability_en=20",
+    "model.scratch.vocab_size=400", "model.scratch.hidden_size=32", "model.scratch.intermediate_size=64",
+    "model.scratch.num_layers=2", "model.scratch.max_position_embeddings=128",
+    "model.scratch.pretrain_tokens=4096", "train.batch_size=4", "train.seq_len=32",
+    "locate.tokens=256", "extract.tokens=512", "language.tokens=256", "oracle.tokens=256",
+    "eval.batch_size=16", "eval.max_gen_toks=8",
+]
+LEAN = ["report.seeds=1", "report.references=[]"]
+# The real-data experiment (MGSM through lm-eval's own tasks), reduced.
+SHARED_DATA = [
+    "experiment=shared_data", "model.scratch.vocab_size=512", "model.scratch.hidden_size=32",
+    "model.scratch.intermediate_size=64", "model.scratch.num_layers=2", "model.scratch.max_position_embeddings=512",
     "model.scratch.tokenizer_max_docs=400", "train.batch_size=2", "train.seq_len=64",
     "locate.tokens=256", "extract.tokens=256", "language.tokens=256",
     "eval.limit=2", "eval.max_gen_toks=4", "eval.batch_size=2",
@@ -34,7 +45,7 @@ def computed(summary: dict) -> set[str]:
 
 
 def test_single_run_then_repeat_computes_nothing(tmp_path):
-    common = [*SMALL, f"paths.cache_dir={tmp_path / 'cache'}", "tracker=none"]
+    common = [*SHARED_DATA, f"paths.cache_dir={tmp_path / 'cache'}", "tracker=none"]
     proc = launch(*common, f"hydra.run.dir={tmp_path / 'run1'}", cwd=tmp_path)
     first = json.loads((tmp_path / "run1" / "metrics.json").read_text())
     assert {"model", "ability", "lang", "method", "alpha", "metrics", "stages"} <= set(first)
@@ -56,9 +67,30 @@ def test_single_run_then_repeat_computes_nothing(tmp_path):
     assert second["train_tokens"] == 0
 
 
+def test_default_world_run_prints_the_testbed_table(tmp_path):
+    proc = launch(*SMALL, "report.seeds=2", f"paths.cache_dir={tmp_path / 'cache'}", "tracker=none",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["headline"] == "arith_sw" and summary["seeds"] == 2
+    rows = {r["model"]: r for r in summary["testbed"]}
+    assert list(rows) == ["maet", "base", "ability", "language_only", "oracle"]
+    for row in rows.values():
+        for lang in ("sw", "en"):
+            cell = row[f"arith_{lang}"]
+            assert len(cell["per_seed"]) == 2 and cell["low"] <= cell["mean"] <= cell["high"]
+    assert rows["base"]["arith_sw"]["per_seed"][0] == rows["base"]["arith_sw"]["per_seed"][1]  # θ0 has no seed
+    for stage in ("base", "locate", "ability", "language", "oracle", "locate/seed1", "ability/seed1", "oracle/seed1"):
+        assert summary["stages"][stage]["cached"] is False, stage
+    assert summary["stages"]["base"]["train_tokens"] == 4096
+    assert summary["stages"]["oracle"]["train_tokens"] == 256
+    assert "evaluate/base/seed1" in summary["stages"] and summary["stages"]["evaluate/base/seed1"]["cached"]
+    assert "arith_sw % [95% CI]" in proc.stdout and "oracle" in proc.stdout
+    assert (tmp_path / "run" / "results.md").read_text().startswith("MAET job")
+
+
 def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_path):
     sweep = tmp_path / "sweep"
-    launch("-m", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, f"paths.cache_dir={tmp_path / 'cache'}",
+    launch("-m", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, *LEAN, f"paths.cache_dir={tmp_path / 'cache'}",
            f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert sorted((j["lang"], j["alpha"]) for j in jobs) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]

@@ -21,6 +21,9 @@ def _load(*overrides):
 def test_default_config_is_valid():
     s = _load()
     assert s.lang.code == "sw" and s.source_lang.code == "en" and s.eval.langs == ["sw", "en"]
+    assert s.eval.benchmark == "arith" and s.lang.corpus.source == "world"
+    shared = _load("experiment=shared_data", "lang=bn")
+    assert shared.eval.benchmark == "mgsm" and shared.lang.corpus.path.endswith("text/bn.txt")
 
 
 @pytest.mark.parametrize("override, key, allowed", [
@@ -39,16 +42,21 @@ def test_default_config_is_valid():
     ("transfer.select=best", "transfer.select", "threshold, ratio, all"),
     ("transfer.keep=0", "transfer.keep", "(0, 1]"),
     ("eval.limit=0", "eval.limit", ">= 1"),
-    ("eval.langs=[sw,xx]", "eval.langs", "benchmark file"),
+    ("experiment=shared_data eval.langs=[sw,xx]", "eval.langs", "benchmark file"),
+    ("eval.langs=[sw,xx]", "eval.langs", "languages of the built-in world"),
+    ("lang=te", "lang.corpus.path", "a corpus of the built-in world"),
+    ("world.languages=[]", "world.languages", "includes en"),
+    ("report.references=[base,teacher]", "report.references", "base, ability, language_only, oracle"),
+    ("experiment=shared_data report.references=[oracle]", "report.references", "built-in world"),
     ("paths.data_dir=/nonexistent/data", "paths.data_dir", "existing directory"),
-    ("lang.corpus.path=/nonexistent.txt", "lang.corpus.path", "existing file"),
+    ("experiment=shared_data lang.corpus.path=/nonexistent.txt", "lang.corpus.path", "existing file"),
     ("model.scratch.hidden_size=30", "model.scratch.hidden_size", "multiple"),
     ("tracker.mode=loud", "tracker.mode", "offline, online, disabled"),
     ("locate.ratio=abc", "locate.ratio", "type"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(override, key, allowed):
     with pytest.raises(ConfigError) as info:
-        _load(override)
+        _load(*override.split())
     assert info.value.key == key
     assert key in str(info.value) and allowed in str(info.value)
 
