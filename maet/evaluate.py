@@ -8,6 +8,7 @@ from `<data_dir>/mgsm` with the hub dataset's schema. Nothing of the prompt is r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -116,6 +117,15 @@ def heldout_task(lang: str, docs: list[str], work_dir: Path) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _task_manager():
+    """A TaskManager without lm-eval's built-in index: our tasks come as configs, and indexing the
+    ~14,000 built-in task files costs seconds on every `simple_evaluate` call that builds its own."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=False)
+
+
 def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings) -> dict:
     """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`)."""
     import datasets
@@ -127,7 +137,7 @@ def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings) -> 
     return lm_eval.simple_evaluate(
         model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
         numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
-        bootstrap_iters=0,
+        bootstrap_iters=0, task_manager=_task_manager(),
     )
 
 

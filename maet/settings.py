@@ -293,7 +293,11 @@ def _world(w: WorldSettings) -> set[str]:
 def validate(s: Settings) -> None:
     """Range checks of every key; raises ConfigError naming the first bad one."""
     _choice("device", s.device, DEVICES)
-    _check("paths.data_dir", s.paths.data_dir, Path(s.paths.data_dir).is_dir(), "an existing directory")
+    corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
+    reads_data_dir = any(c.source == "local" for c in corpora) or s.eval.benchmark == "mgsm" or \
+        (s.model.source == "scratch" and s.model.scratch.corpus == "files")
+    if reads_data_dir:
+        _check("paths.data_dir", s.paths.data_dir, Path(s.paths.data_dir).is_dir(), "an existing directory")
 
     m = s.model
     _choice("model.source", m.source, MODEL_SOURCES)

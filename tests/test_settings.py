@@ -48,7 +48,7 @@ def test_default_config_is_valid():
     ("world.languages=[]", "world.languages", "includes en"),
     ("report.references=[base,teacher]", "report.references", "base, ability, language_only, oracle"),
     ("experiment=shared_data report.references=[oracle]", "report.references", "built-in world"),
-    ("paths.data_dir=/nonexistent/data", "paths.data_dir", "existing directory"),
+    ("experiment=shared_data paths.data_dir=/nonexistent/data", "paths.data_dir", "existing directory"),
     ("experiment=shared_data lang.corpus.path=/nonexistent.txt", "lang.corpus.path", "existing file"),
     ("model.scratch.hidden_size=30", "model.scratch.hidden_size", "multiple"),
     ("tracker.mode=loud", "tracker.mode", "offline, online, disabled"),
@@ -59,6 +59,10 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, key, allowed):
         _load(*override.split())
     assert info.value.key == key
     assert key in str(info.value) and allowed in str(info.value)
+
+
+def test_the_built_in_world_needs_no_data_folder():
+    assert _load("paths.data_dir=/nonexistent/data").paths.data_dir == "/nonexistent/data"
 
 
 def test_unknown_language_lists_the_available_ones():
