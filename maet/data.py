@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -32,20 +31,52 @@ def render_gsm8k(question: str, answer: str) -> str:
     return f"Question: {question.strip()}\nStep-by-Step Answer: {rationale} The answer is {final.strip()}."
 
 
-def load_documents(corpus: CorpusSettings) -> list[str]:
-    """All documents of a corpus, in file order."""
-    path = Path(corpus.path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+def _rows(corpus: CorpusSettings):
+    """Rows of a corpus as a stream: a hub dataset, or a local text / jsonl file, through the same
+    `datasets` loader (nothing is downloaded beyond what is read)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if corpus.source == "hub":
+        return datasets.load_dataset(corpus.path, corpus.name, split=corpus.split, streaming=True)
+    builder = "text" if corpus.format == "text" else "json"
+    return datasets.load_dataset(builder, data_files=corpus.path, split="train", streaming=True)
+
+
+def _document(row: dict, corpus: CorpusSettings) -> str:
     if corpus.format == "gsm8k":
-        rows = [json.loads(line) for line in lines if line.strip()]
-        return [render_gsm8k(r["question"], r["answer"]) for r in rows]
-    return [line.strip() for line in lines if line.strip()]
+        return render_gsm8k(row["question"], row["answer"])
+    return str(row[corpus.field]).strip()
+
+
+def load_documents(corpus: CorpusSettings, tokenizer=None) -> list[str]:
+    """Documents of a corpus in stream order, up to `corpus.max_docs` documents and, given a
+    tokenizer, until `corpus.max_tokens` tokens are read (a budget: a 1M-token sample of a large
+    hub corpus reads about 1M tokens, not the corpus)."""
+    docs, tokens = [], 0
+    max_tokens = corpus.max_tokens if tokenizer is not None else None
+    for row in _rows(corpus):
+        doc = _document(row, corpus)
+        if not doc:
+            continue
+        docs.append(doc)
+        if max_tokens is not None:
+            tokens += len(tokenizer(doc, add_special_tokens=False)["input_ids"]) + 1
+            if tokens >= max_tokens:
+                break
+        if corpus.max_docs is not None and len(docs) >= corpus.max_docs:
+            break
+    return docs
 
 
 def corpus_fingerprint(corpus: CorpusSettings) -> dict:
-    """What a cache key needs to know of a corpus: its format and the sha256 of its content."""
-    digest = hashlib.sha256(Path(corpus.path).read_bytes()).hexdigest()
-    return {"source": corpus.source, "format": corpus.format, "sha256": digest}
+    """What a cache key needs to know of a corpus: a local file by the sha256 of its content, a
+    hub dataset by id, config, split and revision; plus how documents are read from it."""
+    how = {"source": corpus.source, "format": corpus.format, "field": corpus.field, "max_docs": corpus.max_docs,
+           "max_tokens": corpus.max_tokens}
+    if corpus.source == "hub":
+        return how | {"path": corpus.path, "name": corpus.name, "split": corpus.split, "revision": corpus.revision}
+    return how | {"sha256": hashlib.sha256(Path(corpus.path).read_bytes()).hexdigest()}
 
 
 def split_heldout(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:

@@ -67,15 +67,19 @@ def lm_eval_task_yaml(family: str, lang: str) -> dict:
     return _yaml_loader.load_yaml(path, resolve_func=True)
 
 
-def mgsm_local_task(family: str, lang: str, data_dir: Path, work_dir: Path, settings: EvalSettings) -> dict:
-    """lm-eval's MGSM task for `lang`, reading local data files instead of the hub."""
-    train, test = mgsm_rows(data_dir, lang)
-    files = {"train": str(write_jsonl(train, work_dir / "mgsm" / lang / "train.jsonl")),
-             "test": str(write_jsonl(test, work_dir / "mgsm" / lang / "test.jsonl"))}
+def mgsm_task(family: str, lang: str, data_dir: Path, work_dir: Path, settings: EvalSettings) -> dict:
+    """lm-eval's own MGSM task config for `lang`: from the hub (`eval.source=hub`), or reading
+    local data files with the hub dataset's schema (`eval.source=local`). Prompt, exemplars,
+    stop words and answer extraction are lm-eval's in both."""
     config = lm_eval_task_yaml(family, lang)
     config.pop("tag", None)
-    config.update(task=f"{family}_{lang}_local", dataset_path="json", dataset_name=None,
-                  dataset_kwargs={"data_files": files}, num_fewshot=settings.num_fewshot)
+    config["num_fewshot"] = settings.num_fewshot
+    if settings.source == "local":
+        train, test = mgsm_rows(data_dir, lang)
+        files = {"train": str(write_jsonl(train, work_dir / "mgsm" / lang / "train.jsonl")),
+                 "test": str(write_jsonl(test, work_dir / "mgsm" / lang / "test.jsonl"))}
+        config.update(task=f"{family}_{lang}_local", dataset_path="json", dataset_name=None,
+                      dataset_kwargs={"data_files": files})
     if settings.max_gen_toks is not None:
         config["generation_kwargs"] = {**config.get("generation_kwargs", {}), "max_gen_toks": settings.max_gen_toks}
     return config
@@ -98,8 +102,12 @@ def arith_task(lang: str, items: list[dict], work_dir: Path, settings: EvalSetti
     }
 
 
-def task_name(benchmark: str, family: str, lang: str) -> str:
-    return f"arith_{lang}" if benchmark == "arith" else f"{family}_{lang}_local"
+def task_name(settings: EvalSettings, lang: str) -> str:
+    if settings.benchmark == "arith":
+        return f"arith_{lang}"
+    if settings.benchmark == "task":
+        return settings.task_template.format(family=settings.task_family, lang=lang)
+    return f"{settings.task_family}_{lang}" + ("_local" if settings.source == "local" else "")
 
 
 def heldout_task(lang: str, docs: list[str], work_dir: Path) -> dict:
@@ -117,16 +125,16 @@ def heldout_task(lang: str, docs: list[str], work_dir: Path) -> dict:
     }
 
 
-@functools.lru_cache(maxsize=1)
-def _task_manager():
-    """A TaskManager without lm-eval's built-in index: our tasks come as configs, and indexing the
-    ~14,000 built-in task files costs seconds on every `simple_evaluate` call that builds its own."""
+@functools.lru_cache(maxsize=2)
+def _task_manager(builtin: bool):
+    """One TaskManager per process. Without lm-eval's built-in index when every task comes as a
+    config: indexing its ~14,000 task files costs seconds on every call that builds its own."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_defaults=False)
+    return TaskManager(include_defaults=builtin)
 
 
-def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings) -> dict:
+def run_lm_eval(model, tokenizer, tasks: list[dict | str], settings: EvalSettings) -> dict:
     """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`)."""
     import datasets
     from lm_eval.models.huggingface import HFLM
@@ -137,7 +145,7 @@ def run_lm_eval(model, tokenizer, tasks: list[dict], settings: EvalSettings) -> 
     return lm_eval.simple_evaluate(
         model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
         numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
-        bootstrap_iters=0, task_manager=_task_manager(),
+        bootstrap_iters=0, task_manager=_task_manager(any(isinstance(t, str) for t in tasks)),
     )
 
 
@@ -152,20 +160,24 @@ def summarize(results: dict, settings: EvalSettings) -> tuple[dict, list[dict]]:
     predictions: list[dict] = []
     bench = settings.benchmark
     for lang in settings.langs:
-        task = task_name(bench, settings.task_family, lang)
+        task = task_name(settings, lang)
         res = results["results"][task]
         for key, value in res.items():
-            if key.startswith("exact_match,"):
-                metrics[f"{bench}_{lang}/{key.split(',', 1)[1]}"] = float(value)
+            name, _, filt = key.partition(",")
+            if name == settings.metric and isinstance(value, (int, float)):
+                metrics[f"{bench}_{lang}/{filt}"] = float(value)
         metrics[f"{bench}_{lang}"] = metrics[f"{bench}_{lang}/{settings.filter}"]
-        metrics[f"{bench}_{lang}/n"] = len({s["doc_id"] for s in results["samples"][task]})
-        for sample in results["samples"][task]:
-            predictions.append({
-                "task": task, "lang": lang, "doc_id": sample["doc_id"], "target": sample["target"],
-                "response": sample["resps"][0][0] if sample["resps"] else None,
-                "filtered": sample["filtered_resps"], "filter": sample.get("filter"),
-                "exact_match": float(sample["exact_match"]) if "exact_match" in sample else None,
-            })
+        subtasks = [t for t in results["samples"] if t == task or t in results.get("group_subtasks", {}).get(task, [])]
+        metrics[f"{bench}_{lang}/n"] = sum(len({s["doc_id"] for s in results["samples"][t]}) for t in subtasks)
+        for sub in subtasks:
+            for sample in results["samples"][sub]:
+                response = sample["resps"][0][0] if sample["resps"] else None
+                predictions.append({
+                    "task": sub, "lang": lang, "doc_id": sample["doc_id"], "item": f"{sub}/{sample['doc_id']}",
+                    "target": sample["target"], "response": response if isinstance(response, str) else str(response),
+                    "filtered": sample["filtered_resps"], "filter": sample.get("filter"),
+                    "correct": float(sample[settings.metric]) if settings.metric in sample else None,
+                })
     for task, res in results["results"].items():
         if task.startswith("heldout_"):
             for key, value in res.items():
@@ -173,3 +185,8 @@ def summarize(results: dict, settings: EvalSettings) -> tuple[dict, list[dict]]:
                 if filt == "none" and name in ("bits_per_byte", "byte_perplexity", "word_perplexity"):
                     metrics[f"{task}/{name}"] = float(value)
     return metrics, predictions
+
+
+def correctness(predictions: list[dict], lang: str, filter_name: str) -> dict[str, float]:
+    """item (task/doc id) -> correct (0/1) in one language under one answer filter."""
+    return {p["item"]: p["correct"] for p in predictions if p["lang"] == lang and p["filter"] == filter_name}

@@ -59,9 +59,10 @@ def build_scratch_model(arch: ScratchSettings, tokenizer, seed: int) -> LlamaFor
 def load_pretrained(path: str, settings: ModelSettings, device: torch.device):
     """(model, tokenizer) from a hub id or a local folder, in the resolved dtype, on `device`."""
     dtype = resolve_dtype(settings.dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    extra = {"gguf_file": settings.gguf_file} if settings.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code, **extra)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
-                                                 trust_remote_code=settings.trust_remote_code)
+                                                 trust_remote_code=settings.trust_remote_code, **extra)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

@@ -19,12 +19,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
-from maet import data, evaluate, extract, locate, stats, transfer, world
+from maet import data, evaluate, extract, locate, transfer, world
 from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows
 from maet.methods import METHODS, MergeInputs
 from maet.model import (block_linear_names, block_param_names, build_scratch_model, load_pretrained,
-                        resolve_device, resolve_dtype, train_tokenizer)
+                        resolve_device, train_tokenizer)
 from maet.settings import ConfigError, CorpusSettings, Settings, load_settings
+from maet.stats import mean_interval, paired_difference
 from maet.tracking import open_tracker
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,10 @@ class Context:
     suffix: str = ""  # "/seed<k>" for every seed but the first
 
     def record(self, stage: str, cached: bool, start: float, key: str | None = None,
-               stats: extract.TrainStats | None = None) -> None:
-        stats = stats or extract.TrainStats()
+               trained: extract.TrainStats | None = None) -> None:
+        trained = trained or extract.TrainStats()
         self.stages[stage + self.suffix] = StageRecord(cached, round(time.perf_counter() - start, 3),
-                                         stats.tokens, stats.steps, key)
+                                                       trained.tokens, trained.steps, key)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -66,8 +67,9 @@ class Corpora:
     oracle: list[str]      # ability text in Lj (the built-in world only; trains the oracle, never MAET)
 
 
-def documents(s: Settings, corpus: CorpusSettings, w: world.World | None) -> list[str]:
-    return world.corpus(w, corpus.path) if corpus.source == "world" else data.load_documents(corpus)
+def documents(s: Settings, corpus: CorpusSettings, w: world.World | None, tokenizer=None) -> list[str]:
+    """A corpus's documents; with a tokenizer, its `max_tokens` budget applies."""
+    return world.corpus(w, corpus.path) if corpus.source == "world" else data.load_documents(corpus, tokenizer)
 
 
 def fingerprint(s: Settings, corpus: CorpusSettings) -> dict:
@@ -77,11 +79,11 @@ def fingerprint(s: Settings, corpus: CorpusSettings) -> dict:
     return data.corpus_fingerprint(corpus)
 
 
-def load_corpora(s: Settings, w: world.World | None) -> Corpora:
-    general, _ = data.split_heldout(documents(s, s.source_lang.corpus, w), s.train.heldout_fraction)
-    language, heldout = data.split_heldout(documents(s, s.lang.corpus, w), s.train.heldout_fraction)
+def load_corpora(s: Settings, w: world.World | None, tokenizer) -> Corpora:
+    general, _ = data.split_heldout(documents(s, s.source_lang.corpus, w, tokenizer), s.train.heldout_fraction)
+    language, heldout = data.split_heldout(documents(s, s.lang.corpus, w, tokenizer), s.train.heldout_fraction)
     oracle = world.corpus(w, f"ability:{s.lang.code}") if s.lang.corpus.source == "world" else []
-    return Corpora(documents(s, s.ability.corpus, w), general, language, heldout, oracle)
+    return Corpora(documents(s, s.ability.corpus, w, tokenizer), general, language, heldout, oracle)
 
 
 def uses_world(s: Settings) -> bool:
@@ -141,6 +143,8 @@ def oracle_config(s: Settings) -> dict:
 def evaluate_config(s: Settings) -> dict:
     if s.eval.benchmark == "arith":
         data_files = {"world": world.world_fingerprint(s.world)}
+    elif s.eval.source == "hub":
+        data_files = {"hub": [evaluate.task_name(s.eval, code) for code in s.eval.langs]}
     else:
         data_files = [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]
     return {"eval": dataclasses.asdict(s.eval), "heldout_fraction": s.train.heldout_fraction,
@@ -166,7 +170,9 @@ def base_model(ctx: Context):
     m = s.model
     if m.source != "scratch":
         model, tokenizer = load_pretrained(m.path, m, ctx.device)
-        key = artifact_key("base", {"source": m.source, "path": m.path, "dtype": m.dtype})
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable()  # active in training mode only
+        key = artifact_key("base", {"source": m.source, "path": m.path, "dtype": m.dtype, "gguf_file": m.gguf_file})
         ctx.record("base", cached=True, start=start, key=key)
         return model, tokenizer, key
 
@@ -195,7 +201,7 @@ def base_model(ctx: Context):
         ctx.cache.save("base", key, meta, write_extra=write)
     folder = ctx.cache.path("base", key) / "model"
     model, tokenizer = load_pretrained(str(folder), dataclasses.replace(m, trust_remote_code=False), ctx.device)
-    ctx.record("base", cached=cached, start=start, key=key, stats=None if cached else stats)
+    ctx.record("base", cached=cached, start=start, key=key, trained=None if cached else stats)
     return model, tokenizer, key
 
 
@@ -330,8 +336,10 @@ def eval_tasks(ctx: Context, corpora: Corpora) -> list[dict]:
     if s.eval.benchmark == "arith":
         work = work / world.world_fingerprint(s.world)
         tasks = [evaluate.arith_task(code, ctx.world.benchmark[code], work, s.eval) for code in s.eval.langs]
+    elif s.eval.benchmark == "task":
+        tasks = [evaluate.task_name(s.eval, code) for code in s.eval.langs]
     else:
-        tasks = [evaluate.mgsm_local_task(s.eval.task_family, code, Path(s.paths.data_dir), work, s.eval)
+        tasks = [evaluate.mgsm_task(s.eval.task_family, code, Path(s.paths.data_dir), work, s.eval)
                  for code in s.eval.langs]
     if s.eval.heldout:
         tasks.append(evaluate.heldout_task(s.lang.code, corpora.heldout, work))
@@ -422,6 +430,7 @@ class JobResult:
     metrics: dict[str, float]              # the method's metrics, averaged over seeds
     per_seed: list[dict[str, float]]       # the method's metrics of each seed
     testbed: dict[str, list[dict]]         # variant -> metrics of each seed (method and references)
+    items: dict[str, list[dict[str, float]]]  # variant -> per seed: item -> correct (target language)
     predictions: list[dict]                # the method's, first seed
     stages: dict[str, StageRecord]
     similarity: dict[str, float]           # first seed
@@ -437,12 +446,13 @@ def run_job(s: Settings) -> JobResult:
     """All stages of one job, for each seed; artifacts come from the cache when their key is there."""
     cache = ArtifactCache(s.paths.cache_dir)
     ctx = Context(s, cache, resolve_device(s.device), world.generate(s.world) if uses_world(s) else None)
-    corpora = load_corpora(s, ctx.world)
     model, tokenizer, base_key = base_model(ctx)
+    corpora = load_corpora(s, ctx.world, tokenizer)
     variants = list(dict.fromkeys([s.method.name, *s.report.references]))
     touched = {n for n, _ in model.named_parameters() if ".layers." in n}
     base = {n: p.detach().clone() for n, p in model.named_parameters() if n in touched}
     testbed: dict[str, list[dict]] = {v: [] for v in variants}
+    items: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     first = None
     for k in range(s.report.seeds):
         seed_settings = dataclasses.replace(s, seed=s.seed + k)
@@ -459,13 +469,15 @@ def run_job(s: Settings) -> JobResult:
             metrics, predictions = evaluate_stage(ctx, model, tokenizer, corpora, model_key, name)
             transfer.load_weights(model, {n: base[n] for n in weights})
             testbed[variant].append(metrics)
+            items[variant].append(evaluate.correctness(predictions, s.lang.code, s.eval.filter))
             if first is None and variant == s.method.name:
                 first = (predictions, similarity, list(a.kept), a)
     ctx.settings, ctx.suffix = s, ""
     predictions, similarity, kept, a = first
     mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
     runs = testbed[s.method.name]
-    return JobResult(_mean_metrics(runs), runs, testbed, predictions, ctx.stages, similarity, kept, mask_rows)
+    return JobResult(_mean_metrics(runs), runs, testbed, items, predictions, ctx.stages, similarity, kept,
+                     mask_rows)
 
 
 def headline(s: Settings) -> str:
@@ -473,16 +485,33 @@ def headline(s: Settings) -> str:
     return f"{s.eval.benchmark}_{s.lang.code}"
 
 
+PAIRED_WITH = ("base", "language_only")
+
+
+def paired_items(a: list[dict[str, float]], b: list[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """Correctness of two models on the same (seed, item) pairs, aligned."""
+    xs, ys = [], []
+    for run_a, run_b in zip(a, b):
+        for doc in sorted(run_a.keys() & run_b.keys()):
+            xs.append(run_a[doc])
+            ys.append(run_b[doc])
+    return xs, ys
+
+
 def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
     """One row per evaluated model: accuracy in each eval language (mean and 95% interval over
-    seeds) and held-out bits per byte of the target language."""
+    seeds), the paired difference in the target language against the base and the language-only
+    model (same items and seeds; exact McNemar p), and held-out bits per byte."""
     rows = []
     for variant, runs in result.testbed.items():
         row = {"model": variant, "seeds": len(runs)}
         for code in s.eval.langs:
             name = f"{s.eval.benchmark}_{code}"
-            mean, low, high = stats.mean_interval([r[name] for r in runs], int(runs[0][f"{name}/n"]))
+            mean, low, high = mean_interval([r[name] for r in runs], int(runs[0][f"{name}/n"]))
             row[name] = {"mean": mean, "low": low, "high": high, "per_seed": [r[name] for r in runs]}
+        for ref in PAIRED_WITH:
+            if ref in result.items and ref != variant:
+                row[f"vs_{ref}"] = paired_difference(*paired_items(result.items[variant], result.items[ref]))
         bpb = f"heldout_{s.lang.code}/bits_per_byte"
         if bpb in runs[0]:
             row[bpb] = sum(r[bpb] for r in runs) / len(runs)
@@ -511,9 +540,10 @@ def testbed_flat(summary: dict) -> tuple[list[str], list[list]]:
         row = [r["model"], r["seeds"]]
         for key, cell in r.items():
             if isinstance(cell, dict):
-                row += [cell["mean"], cell["low"], cell["high"]]
+                fields = ["mean", "low", "high"] if "mean" in cell else ["diff", "low", "high", "p"]
+                row += [cell[f] for f in fields]
                 if len(rows) == 0:
-                    columns += [key, f"{key}/low", f"{key}/high"]
+                    columns += [key if f in ("mean", "diff") else f"{key}/{f}" for f in fields]
             elif key.startswith("heldout_"):
                 row.append(cell)
                 if len(rows) == 0:
@@ -526,13 +556,23 @@ def _fmt_interval(cell: dict) -> str:
     return f"{100 * cell['mean']:5.1f} [{100 * cell['low']:.1f}, {100 * cell['high']:.1f}]"
 
 
+def _fmt_paired(cell: dict | None) -> str:
+    if cell is None:
+        return ""
+    return f"{100 * cell['diff']:+5.1f} [{100 * cell['low']:+.1f}, {100 * cell['high']:+.1f}] p={cell['p']:.3f}"
+
+
 def testbed_table(summary: dict, fmt: str = "github") -> str:
-    """Accuracy (%) of every evaluated model with 95% intervals; bits per byte of held-out text."""
+    """Accuracy (%) of every evaluated model with 95% intervals, paired differences (points) in the
+    target language against the base and the language-only model, bits per byte of held-out text."""
     rows = summary["testbed"]
-    acc_cols = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+    acc_cols = [k for k in rows[0] if isinstance(rows[0][k], dict) and "mean" in rows[0][k]]
+    paired_cols = [f"vs_{ref}" for ref in PAIRED_WITH if any(f"vs_{ref}" in r for r in rows)]
     extra = [k for k in rows[0] if k.startswith("heldout_")]
-    body = [[r["model"], *[_fmt_interval(r[c]) for c in acc_cols], *[f"{r[c]:.3f}" for c in extra]] for r in rows]
-    headers = ["model", *[f"{c} % [95% CI]" for c in acc_cols], *extra]
+    body = [[r["model"], *[_fmt_interval(r[c]) for c in acc_cols], *[_fmt_paired(r.get(c)) for c in paired_cols],
+             *[f"{r[c]:.3f}" for c in extra]] for r in rows]
+    headers = ["model", *[f"{c} % [95% CI]" for c in acc_cols],
+               *[f"Δ {summary['headline']} {c.replace('_', ' ', 1)} [95% CI]" for c in paired_cols], *extra]
     return tabulate(body, headers=headers, tablefmt=fmt)
 
 

@@ -14,21 +14,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LOCATE_SCORES = ("grad", "random")
 LOCATE_SCOPES = ("tensor", "layer", "global")
 TRANSFER_SELECTS = ("threshold", "ratio", "all")
 LANGUAGE_TRAIN = ("full", "key_neurons")
-CORPUS_FORMATS = ("text", "gsm8k")
-CORPUS_SOURCES = ("local", "world")
-BENCHMARKS = ("mgsm", "arith")
+CORPUS_FORMATS = ("text", "jsonl", "gsm8k")
+CORPUS_SOURCES = ("local", "hub", "world")
+BENCHMARKS = ("mgsm", "arith", "task")
 REFERENCES = ("base", "ability", "language_only", "oracle")
 MODEL_SOURCES = ("scratch", "hub", "local")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-EVAL_SOURCES = ("local",)
+EVAL_SOURCES = ("local", "hub")
 TRACKERS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -43,9 +43,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class CorpusSettings:
-    source: str = "local"  # local: a file at `path`; world: the built-in world's corpus named by `path`
-    path: str = "???"      # a file, or a world corpus `<general|ability|parallel>:<code>`
-    format: str = "text"   # text: one document per line; gsm8k: jsonl with question/answer
+    source: str = "local"  # local: a file | hub: a Hugging Face dataset (streamed) | world: the built-in world
+    path: str = "???"      # a file, a hub dataset id, or a world corpus `<general|ability|parallel>:<code>`
+    format: str = "text"   # text: a document per line | jsonl: a JSON object per line | gsm8k: question/answer rows
+    field: str = "text"    # the text field of jsonl / hub rows
+    name: Optional[str] = None      # hub dataset config (e.g. 20231101.sw)
+    split: str = "train"            # hub split
+    revision: Optional[str] = None  # hub revision (recorded in cache keys)
+    max_docs: Optional[int] = None    # stop after this many documents (null: no limit)
+    max_tokens: Optional[int] = None  # stop once this many tokens are read (null: the whole corpus)
 
 
 @dataclass
@@ -80,6 +86,8 @@ class ModelSettings:
     path: Optional[str] = None
     dtype: str = "auto"
     trust_remote_code: bool = False
+    gguf_file: Optional[str] = None
+    gradient_checkpointing: bool = False
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
 
 
@@ -180,6 +188,8 @@ class EvalSettings:
     benchmark: str = "mgsm"
     source: str = "local"
     task_family: str = "mgsm_native_cot"
+    task_template: str = "{family}_{lang}"  # benchmark=task: an lm-eval task or group name per language
+    metric: str = "exact_match"
     langs: list[str] = field(default_factory=list)
     num_fewshot: int = 8
     limit: Optional[int] = 16
@@ -236,6 +246,8 @@ def load_settings(cfg: DictConfig) -> Settings:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Settings), cfg)
         settings = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as err:
+        raise ConfigError(err.full_key, "???", "a value: this key has no default and must be set") from err
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(key, getattr(err, "value", None), f"a value of the schema's type ({err.msg})") from err
@@ -264,9 +276,15 @@ def _positive_int(key: str, value: int) -> None:
 def _corpus(key: str, corpus: CorpusSettings, world_corpora: set[str]) -> None:
     _choice(f"{key}.source", corpus.source, CORPUS_SOURCES)
     _choice(f"{key}.format", corpus.format, CORPUS_FORMATS)
+    for name in ("max_docs", "max_tokens"):
+        if getattr(corpus, name) is not None:
+            _positive_int(f"{key}.{name}", getattr(corpus, name))
     if corpus.source == "world":
         _check(f"{key}.path", corpus.path, corpus.path in world_corpora,
                "a corpus of the built-in world: " + ", ".join(sorted(world_corpora)))
+        return
+    if corpus.source == "hub":
+        _check(f"{key}.path", corpus.path, bool(corpus.path) and corpus.path != "???", "a hub dataset id")
         return
     path = Path(corpus.path)
     _check(f"{key}.path", corpus.path, path.is_file(), "an existing file (check paths.data_dir)")
@@ -294,7 +312,7 @@ def validate(s: Settings) -> None:
     """Range checks of every key; raises ConfigError naming the first bad one."""
     _choice("device", s.device, DEVICES)
     corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
-    reads_data_dir = any(c.source == "local" for c in corpora) or s.eval.benchmark == "mgsm" or \
+    reads_data_dir = any(c.source == "local" for c in corpora) or (s.eval.benchmark, s.eval.source) == ("mgsm", "local") or \
         (s.model.source == "scratch" and s.model.scratch.corpus == "files")
     if reads_data_dir:
         _check("paths.data_dir", s.paths.data_dir, Path(s.paths.data_dir).is_dir(), "an existing directory")
@@ -377,7 +395,11 @@ def validate(s: Settings) -> None:
     _check("eval.max_gen_toks", ev.max_gen_toks, ev.max_gen_toks is None or ev.max_gen_toks >= 1,
            "null (the task's default) or an integer >= 1")
     _check("eval.langs", ev.langs, s.lang.code in ev.langs, f"a list that contains lang.code={s.lang.code!r}")
-    if ev.benchmark == "arith":
+    if ev.benchmark == "task":
+        _check("eval.task_template", ev.task_template, "{lang}" in ev.task_template,
+               "an lm-eval task name with {lang}, e.g. global_mmlu_full_{lang}_stem")
+        _check("eval.source", ev.source, ev.source == "hub", "hub (lm-eval reads the task's data)")
+    elif ev.benchmark == "arith":
         codes = [lang.code for lang in s.world.languages]
         for code in ev.langs:
             _check("eval.langs", code, code in codes, "languages of the built-in world: " + ", ".join(codes))
@@ -386,7 +408,7 @@ def validate(s: Settings) -> None:
         _choice("eval.filter", ev.filter, ("flexible-extract", "strict-match"))
         _choice("eval.task_family", ev.task_family, ("mgsm_native_cot", "mgsm_direct", "mgsm_en_cot"))
     mgsm_dir = Path(s.paths.data_dir) / "mgsm"
-    for code in ev.langs if ev.benchmark == "mgsm" else []:
+    for code in ev.langs if ev.benchmark == "mgsm" and ev.source == "local" else []:
         _check("eval.langs", code, (mgsm_dir / f"mgsm_{code}.tsv").is_file(),
                f"a language with a benchmark file under {mgsm_dir} "
                f"({', '.join(sorted(p.stem[5:] for p in mgsm_dir.glob('mgsm_*.tsv')))})")

@@ -26,3 +26,20 @@ def mean_interval(values: list[float], n_items: int) -> tuple[float, float, floa
         return mean, low, high
     half = _scipy.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def paired_difference(a: list[float], b: list[float], z: float = 1.959964) -> dict:
+    """Paired comparison of two models on the same items (0/1 correctness, aligned lists).
+
+    diff: mean of a - b with a 95% normal interval from the paired standard error;
+    p: two-sided exact McNemar test (binomial test on the discordant pairs).
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired comparison needs aligned, non-empty lists (got {len(a)} and {len(b)})")
+    d = [x - y for x, y in zip(a, b)]
+    n, mean = len(d), statistics.fmean(d)
+    se = statistics.stdev(d) / math.sqrt(n) if n > 1 else float("nan")
+    wins, losses = sum(x > y for x, y in zip(a, b)), sum(x < y for x, y in zip(a, b))
+    p = _scipy.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    return {"diff": mean, "low": mean - z * se, "high": mean + z * se, "p": float(p), "n": n,
+            "wins": wins, "losses": losses}

@@ -53,12 +53,36 @@ def test_default_config_is_valid():
     ("model.scratch.hidden_size=30", "model.scratch.hidden_size", "multiple"),
     ("tracker.mode=loud", "tracker.mode", "offline, online, disabled"),
     ("locate.ratio=abc", "locate.ratio", "type"),
+    ("experiment=shared_data model=local", "model.path", "hub id or folder"),
+    ("experiment=shared_data model=local model.path=/nonexistent/model", "model.path", "existing model folder"),
+    ("experiment=hub lang.corpus.max_tokens=0", "lang.corpus.max_tokens", "> 0"),
+    ("experiment=hub eval=global_mmlu_stem eval.task_template=mmlu", "eval.task_template", "{lang}"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(override, key, allowed):
     with pytest.raises(ConfigError) as info:
         _load(*override.split())
     assert info.value.key == key
     assert key in str(info.value) and allowed in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    "experiment=hub model=qwen2_5_0_5b lang=bn",
+    "experiment=hub model=llama3_8b ability=science eval=global_mmlu_stem lang=te",
+    "experiment=shared_data model=gemma3_270m eval.source=hub",
+    "experiment=shared_data model=qwen2_5_7b",
+])
+def test_real_model_configs_compose(overrides):
+    s = _load(*overrides.split())
+    assert s.model.source == "hub" and "/" in s.model.path and s.model.trust_remote_code is False
+
+
+def test_hub_corpora_are_named_by_language():
+    s = _load("experiment=hub", "lang=bn")
+    assert (s.lang.corpus.source, s.lang.corpus.path, s.lang.corpus.name) == ("hub", "wikimedia/wikipedia", "20231101.bn")
+    assert s.source_lang.corpus.name == "20231101.en" and s.lang.corpus.max_tokens == 1_100_000
+    science = _load("experiment=hub", "ability=science", "eval=global_mmlu_stem", "lang=sw")
+    from maet.evaluate import task_name
+    assert task_name(science.eval, "sw") == "global_mmlu_full_sw_stem"
 
 
 def test_the_built_in_world_needs_no_data_folder():

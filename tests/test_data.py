@@ -1,0 +1,57 @@
+import json
+
+import torch
+
+from maet import data
+from maet.settings import CorpusSettings
+
+
+def _tokens(tokenizer, docs):
+    return sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
+
+
+def test_local_text_and_jsonl_read_by_token_budget(tmp_path, tokenizer):
+    lines = [f"line {i} : the red fox jumps over {i} lazy dogs" for i in range(200)]
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": x}) + "\n" for x in lines))
+    text = CorpusSettings(path=str(tmp_path / "c.txt"), format="text", max_tokens=300)
+    jsonl = CorpusSettings(path=str(tmp_path / "c.jsonl"), format="jsonl", field="body", max_tokens=300)
+    a, b = data.load_documents(text, tokenizer), data.load_documents(jsonl, tokenizer)
+    assert a == b == lines[:len(a)]  # same documents, in file order, through the same loader
+    assert _tokens(tokenizer, a) >= 300 > _tokens(tokenizer, a[:-1])  # stops as soon as the budget is read
+    assert data.load_documents(CorpusSettings(path=str(tmp_path / "c.txt"))) == lines  # no budget: all
+    assert len(data.load_documents(CorpusSettings(path=str(tmp_path / "c.txt"), max_docs=7))) == 7
+
+
+def test_gsm8k_rows_render_as_mgsm_english_cot(data_dir, tokenizer):
+    corpus = CorpusSettings(path=str(data_dir / "gsm8k" / "train.jsonl"), format="gsm8k", max_tokens=2000)
+    docs = data.load_documents(corpus, tokenizer)
+    assert 0 < len(docs) < 7473
+    assert docs[0].startswith("Question: Natalia sold clips") and docs[0].endswith("The answer is 72.")
+    assert "<<" not in docs[0] and "####" not in docs[0]
+
+
+def test_fingerprint_follows_content_and_reading(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("a\nb\n")
+    first = data.corpus_fingerprint(CorpusSettings(path=str(path)))
+    assert first != data.corpus_fingerprint(CorpusSettings(path=str(path), max_tokens=10))
+    path.write_text("a\nc\n")
+    assert first != data.corpus_fingerprint(CorpusSettings(path=str(path)))
+    hub = data.corpus_fingerprint(CorpusSettings(source="hub", path="wikimedia/wikipedia", name="20231101.sw"))
+    assert hub["path"] == "wikimedia/wikipedia" and hub["name"] == "20231101.sw" and "sha256" not in hub
+
+
+def test_packed_batches_are_deterministic_per_seed(tokenizer):
+    docs = [f"doc {i} has some words" for i in range(50)]
+    a = list(data.batches(docs, tokenizer, tokens=256, batch_size=2, seq_len=16, seed=3))
+    b = list(data.batches(docs, tokenizer, tokens=256, batch_size=2, seq_len=16, seed=3))
+    c = list(data.batches(docs, tokenizer, tokens=256, batch_size=2, seq_len=16, seed=4))
+    assert len(a) == 8 and all(x.shape == (2, 16) for x in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_heldout_split_is_disjoint_and_fixed():
+    docs = [str(i) for i in range(100)]
+    train, heldout = data.split_heldout(docs, 0.05)
+    assert len(heldout) == 5 and not set(train) & set(heldout) and len(train) + len(heldout) == 100
