@@ -52,17 +52,19 @@ def test_single_run_then_repeat_computes_nothing(tmp_path):
     assert (first["lang"], first["method"], first["alpha"]) == ("sw", "maet", 1.0)
     assert 0.0 <= first["metrics"]["mgsm_sw"] <= 1.0 and first["metrics"]["mgsm_sw/n"] == 2
     assert "heldout_sw/bits_per_byte" in first["metrics"] and "mgsm_en" in first["metrics"]
-    for stage in ("base", "locate", "ability", "language", "evaluate"):
+    for stage in ("base", "locate", "ability", "language", "evaluate", "evaluate/base", "evaluate/language_only"):
         record = first["stages"][stage]
         assert record["cached"] is False and record["seconds"] >= 0
     assert first["stages"]["ability"]["train_tokens"] == 2 * 2 * 2 * 64  # θ_A and θ_G, 2 steps each
     assert first["stages"]["language"]["train_tokens"] == 2 * 2 * 64
     assert "mgsm_sw" in proc.stdout and "stage" in proc.stdout  # the results table
+    rows = {r["model"]: r for r in first["testbed"]}
+    assert list(rows) == ["maet", "base", "language_only"] and rows["maet"]["vs_base"]["n"] == 2
     assert (tmp_path / "run1" / "predictions.jsonl").is_file()
 
     launch(*common, f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
     second = json.loads((tmp_path / "run2" / "metrics.json").read_text())
-    assert computed(second) <= {"transfer", "merge"}, "a repeated run recomputed a cached stage"
+    assert {n.split("/")[0] for n in computed(second)} <= {"transfer", "merge"}, "a repeated run recomputed a stage"
     assert second["metrics"] == first["metrics"]
     assert second["train_tokens"] == 0
 
@@ -79,12 +81,16 @@ def test_default_world_run_prints_the_testbed_table(tmp_path):
             cell = row[f"arith_{lang}"]
             assert len(cell["per_seed"]) == 2 and cell["low"] <= cell["mean"] <= cell["high"]
     assert rows["base"]["arith_sw"]["per_seed"][0] == rows["base"]["arith_sw"]["per_seed"][1]  # θ0 has no seed
+    paired = rows["maet"]["vs_language_only"]
+    assert paired["n"] == 2 * 16 and 0 <= paired["p"] <= 1 and paired["low"] <= paired["diff"] <= paired["high"]
+    assert "vs_base" in rows["maet"] and "vs_base" not in rows["base"]
+    assert paired["diff"] == pytest.approx(rows["maet"]["arith_sw"]["mean"] - rows["language_only"]["arith_sw"]["mean"])
     for stage in ("base", "locate", "ability", "language", "oracle", "locate/seed1", "ability/seed1", "oracle/seed1"):
         assert summary["stages"][stage]["cached"] is False, stage
     assert summary["stages"]["base"]["train_tokens"] == 4096
     assert summary["stages"]["oracle"]["train_tokens"] == 256
     assert "evaluate/base/seed1" in summary["stages"] and summary["stages"]["evaluate/base/seed1"]["cached"]
-    assert "arith_sw % [95% CI]" in proc.stdout and "oracle" in proc.stdout
+    assert "arith_sw % [95% CI]" in proc.stdout and "oracle" in proc.stdout and "vs language_only" in proc.stdout
     assert (tmp_path / "run" / "results.md").read_text().startswith("MAET job")
 
 
