@@ -205,34 +205,46 @@ def base_model(ctx: Context):
     return model, tokenizer, key
 
 
+# ----------------------------------------------------------------------------- cached stages
+def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) -> tuple[dict[str, torch.Tensor], str]:
+    """(tensors, key) of a stage: from the cache when its key is there, else from
+    `compute() -> (tensors, TrainStats, extra meta)`, saved before they are returned."""
+    start = time.perf_counter()
+    key = artifact_key(stage, config, inputs)
+    if ctx.cache.exists(stage, key):
+        ctx.record(stage, True, start, key)
+        return ctx.cache.tensors(stage, key), key
+    tensors, trained, extra = compute()
+    meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
+            "steps": trained.steps, "train_seconds": trained.seconds, **extra}
+    ctx.cache.save(stage, key, meta, tensors)
+    ctx.record(stage, False, start, key, trained)
+    return tensors, key
+
+
 # ----------------------------------------------------------------------------- stage 1
 def locate_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str) -> tuple[locate.Mask, str]:
-    s, start = ctx.settings, time.perf_counter()
-    config = locate_config(s)
-    key = artifact_key("locate", config, {"base": base_key})
-    cached = ctx.cache.exists("locate", key)
-    stats = extract.TrainStats()
-    if cached:
-        mask = ctx.cache.tensors("locate", key)
-    else:
+    """The neuron mask {tensor name -> selected rows}."""
+    s = ctx.settings
+
+    def compute():
         names = block_linear_names(model, s.locate.modules)
         shapes = {n: p.shape for n, p in model.named_parameters() if n in names}
+        trained = extract.TrainStats()
         if s.locate.score == "random":
             scores = locate.random_scores(shapes, s.seed)
         else:
             steps = _steps(s.locate.tokens, s)
             scores = locate.grad_scores(model, _batches(corpora.ability, tokenizer, s.locate.tokens, s), names, steps)
-            stats = extract.TrainStats(steps * s.train.batch_size * s.train.seq_len, steps)
+            trained = extract.TrainStats(steps * s.train.batch_size * s.train.seq_len, steps)
             if s.locate.contrast:
                 general = locate.grad_scores(model, _batches(corpora.general, tokenizer, s.locate.tokens, s), names, steps)
                 scores = {n: scores[n] - general[n] for n in names}
-                stats = stats + stats
+                trained = trained + trained
         mask = locate.select_rows(scores, s.locate.ratio, s.locate.scope)
-        meta = {"stage": "locate", "config": config, "inputs": {"base": base_key},
-                "selected_fraction": locate.mask_fraction(mask, shapes), "tokens": stats.tokens}
-        ctx.cache.save("locate", key, meta, mask)
-    ctx.record("locate", cached, start, key, stats if not cached else None)
-    return mask, key
+        return mask, trained, {"selected_fraction": locate.mask_fraction(mask, shapes)}
+
+    return cached_stage(ctx, "locate", locate_config(s), {"base": base_key}, compute)
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -240,83 +252,60 @@ THETA_A = "theta_a:"  # θ_A − θ0 on the key rows, stored beside R(A) (the En
 
 
 def ability_stage(ctx: Context, model, tokenizer, corpora: Corpora, mask, mask_key: str):
-    """R(A) = θ_A − θ_G on the key rows (θ_A − θ0 with extract.subtract_general=false)."""
-    s, start = ctx.settings, time.perf_counter()
-    config = ability_config(s)
-    key = artifact_key("ability", config, {"mask": mask_key})
-    cached = ctx.cache.exists("ability", key)
-    stats = extract.TrainStats()
-    if cached:
-        tensors = ctx.cache.tensors("ability", key)
-        delta = unpack_rows(tensors)
-        theta_a = {n: (rows, tensors[THETA_A + n]) for n, (rows, _) in delta.items()}
-    else:
+    """(R(A), θ_A − θ0, key): R(A) = θ_A − θ_G on the key rows (θ_A − θ0 with
+    extract.subtract_general=false)."""
+    s = ctx.settings
+
+    def compute():
         steps = _steps(s.extract.tokens, s)
-        theta_a, stats = extract.train_rows(model, mask, _batches(corpora.ability, tokenizer, s.extract.tokens, s),
-                                            steps, s.extract.lr, s.train, "extract: θ_A (ability)")
+        theta_a, trained = extract.train_rows(model, mask, _batches(corpora.ability, tokenizer, s.extract.tokens, s),
+                                              steps, s.extract.lr, s.train, "extract: θ_A (ability)")
         theta_g = None
         if s.extract.subtract_general:
-            theta_g, general_stats = extract.train_rows(
-                model, mask, _batches(corpora.general, tokenizer, s.extract.tokens, s),
-                steps, s.extract.lr, s.train, "extract: θ_G (general)")
-            stats = stats + general_stats
-        delta = extract.ability_delta(theta_a, theta_g)
-        meta = {"stage": "ability", "config": config, "inputs": {"mask": mask_key},
-                "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
-        theta_a_packed = {THETA_A + n: values for n, (_, values) in theta_a.items()}
-        ctx.cache.save("ability", key, meta, pack_rows(delta) | theta_a_packed)
-    ctx.record("ability", cached, start, key, stats if not cached else None)
+            theta_g, general = extract.train_rows(model, mask, _batches(corpora.general, tokenizer, s.extract.tokens, s),
+                                                  steps, s.extract.lr, s.train, "extract: θ_G (general)")
+            trained = trained + general
+        tensors = pack_rows(extract.ability_delta(theta_a, theta_g))
+        tensors |= {THETA_A + n: values for n, (_, values) in theta_a.items()}
+        return tensors, trained, {}
+
+    tensors, key = cached_stage(ctx, "ability", ability_config(s), {"mask": mask_key}, compute)
+    delta = unpack_rows(tensors)
+    theta_a = {n: (rows, tensors[THETA_A + n]) for n, (rows, _) in delta.items()}
     return delta, theta_a, key
 
 
 def language_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str, mask, mask_key: str | None):
     """R(Lj) = θ_Lj − θ0 by CPT on C(Lj) (all block weights, or only the key rows)."""
-    s, start = ctx.settings, time.perf_counter()
+    s = ctx.settings
     key_rows = s.language.train == "key_neurons"
-    config = language_config(s)
-    inputs = {"base": base_key, "mask": mask_key if key_rows else None}
-    key = artifact_key("language", config, inputs)
-    cached = ctx.cache.exists("language", key)
-    stats = extract.TrainStats()
-    if cached:
-        delta = ctx.cache.tensors("language", key)
-    else:
+
+    def compute():
         steps = _steps(s.language.tokens, s)
         batches = _batches(corpora.language, tokenizer, s.language.tokens, s)
         desc = f"language: CPT on {s.lang.code}"
         if key_rows:
-            rows, stats = extract.train_rows(model, mask, batches, steps, s.language.lr, s.train, desc)
-            shapes = {n: p.shape for n, p in model.named_parameters()}
-            delta = extract.rows_to_dense(rows, shapes)
-        else:
-            delta, stats = extract.train_full(model, block_param_names(model), batches, steps,
-                                              s.language.lr, s.train, desc)
-        meta = {"stage": "language", "config": config, "inputs": inputs, "lang": s.lang.code,
-                "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
-        ctx.cache.save("language", key, meta, delta)
-    ctx.record("language", cached, start, key, stats if not cached else None)
-    return delta, key
+            rows, trained = extract.train_rows(model, mask, batches, steps, s.language.lr, s.train, desc)
+            return extract.rows_to_dense(rows, {n: p.shape for n, p in model.named_parameters()}), trained, {}
+        delta, trained = extract.train_full(model, block_param_names(model), batches, steps, s.language.lr, s.train, desc)
+        return delta, trained, {"lang": s.lang.code}
+
+    inputs = {"base": base_key, "mask": mask_key if key_rows else None}
+    return cached_stage(ctx, "language", language_config(s), inputs, compute)
 
 
 def oracle_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
     """The oracle's delta: full CPT of θ0 on ability text *in* Lj (a ceiling MAET never uses)."""
-    s, start = ctx.settings, time.perf_counter()
-    config = oracle_config(s)
-    key = artifact_key("oracle", config, {"base": base_key})
-    cached = ctx.cache.exists("oracle", key)
-    stats = extract.TrainStats()
-    if cached:
-        delta = ctx.cache.tensors("oracle", key)
-    else:
+    s = ctx.settings
+
+    def compute():
         steps = _steps(s.oracle.tokens, s)
-        delta, stats = extract.train_full(model, block_param_names(model),
-                                          _batches(corpora.oracle, tokenizer, s.oracle.tokens, s), steps,
-                                          s.oracle.lr, s.train, f"oracle: ability text in {s.lang.code}")
-        meta = {"stage": "oracle", "config": config, "inputs": {"base": base_key},
-                "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
-        ctx.cache.save("oracle", key, meta, delta)
-    ctx.record("oracle", cached, start, key, stats if not cached else None)
-    return delta, key
+        delta, trained = extract.train_full(model, block_param_names(model),
+                                            _batches(corpora.oracle, tokenizer, s.oracle.tokens, s), steps,
+                                            s.oracle.lr, s.train, f"oracle: ability text in {s.lang.code}")
+        return delta, trained, {"lang": s.lang.code}
+
+    return cached_stage(ctx, "oracle", oracle_config(s), {"base": base_key}, compute)
 
 
 # ----------------------------------------------------------------------------- stage 3 + 4

@@ -10,9 +10,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from maet.config import PROJECT_ROOT  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from maet.config import PROJECT_ROOT, register_resolvers  # noqa: E402
 from maet.model import build_scratch_model, train_tokenizer  # noqa: E402
-from maet.settings import ScratchSettings  # noqa: E402
+from maet.settings import ScratchSettings, load_settings  # noqa: E402
 
 DATA_DIR = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
 
@@ -49,3 +51,15 @@ def tiny_model(tokenizer):
 def random_batches(vocab: int, n: int, batch: int = 2, seq: int = 16, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(n)]
+
+
+def compose_config(*overrides: str):
+    """The config `launch.py` would compose with these overrides (paths.output_dir set)."""
+    register_resolvers()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["paths.output_dir=/tmp", *overrides])
+
+
+def load(*overrides: str):
+    """Validated settings of that config (raises ConfigError on a bad value)."""
+    return load_settings(compose_config(*overrides))

@@ -1,10 +1,8 @@
 import torch
-from hydra import compose, initialize_config_dir
 
+from conftest import load
 from maet import pipeline
 from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows
-from maet.config import PROJECT_ROOT, register_resolvers
-from maet.settings import load_settings
 
 
 def test_artifacts_round_trip_bit_exactly(tmp_path):
@@ -52,23 +50,16 @@ def test_key_depends_on_config_and_inputs():
     assert artifact_key("s", {"a": 1}) != artifact_key("t", {"a": 1})
 
 
-def _settings(*overrides):
-    register_resolvers()
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp", *overrides])
-    return load_settings(cfg)
-
-
 def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
-    a = _settings()
-    b = _settings("lang=bn", "merge.alpha=0.5", "merge.beta=0.3", "transfer.select=all")
+    a = load()
+    b = load("lang=bn", "merge.alpha=0.5", "merge.beta=0.3", "transfer.select=all")
     for fn in (pipeline.base_config, pipeline.locate_config, pipeline.ability_config):
         assert fn(a) == fn(b), fn.__name__
     assert pipeline.language_config(a) != pipeline.language_config(b)
-    c = _settings("merge.alpha=0.5", "extract.lr=0.02")
+    c = load("merge.alpha=0.5", "extract.lr=0.02")
     assert pipeline.language_config(a) == pipeline.language_config(c)
     assert pipeline.ability_config(a) != pipeline.ability_config(c)
-    assert pipeline.locate_config(a) != pipeline.locate_config(_settings("locate.ratio=0.2"))
+    assert pipeline.locate_config(a) != pipeline.locate_config(load("locate.ratio=0.2"))
 
 
 def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):

@@ -4,18 +4,14 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from maet.config import PROJECT_ROOT, register_resolvers
-from maet.settings import ConfigError, load_settings
+from conftest import load
+from maet.config import PROJECT_ROOT
+from maet.settings import ConfigError
 
 
-def _load(*overrides):
-    register_resolvers()
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp", *overrides])
-    return load_settings(cfg)
+_load = load
 
 
 def test_default_config_is_valid():

@@ -1,8 +1,7 @@
 import pytest
-from hydra import compose, initialize_config_dir
 
+from conftest import compose_config
 from maet import pipeline, tracking
-from maet.config import PROJECT_ROOT, register_resolvers
 from maet.settings import TrackerSettings
 
 
@@ -15,9 +14,7 @@ class Recorder(tracking.NoTracker):
 
 
 def _cfg(tmp_path):
-    register_resolvers()
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}"])
+    return compose_config(f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'c'}")
 
 
 def test_the_run_is_closed_even_when_the_job_fails(tmp_path, monkeypatch):
