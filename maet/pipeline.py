@@ -420,7 +420,7 @@ class JobResult:
     per_seed: list[dict[str, float]]       # the method's metrics of each seed
     testbed: dict[str, list[dict]]         # variant -> metrics of each seed (method and references)
     items: dict[str, list[dict[str, float]]]  # variant -> per seed: item -> correct (target language)
-    predictions: list[dict]                # the method's, first seed
+    predictions: list[dict]                # every evaluated model's, every seed (with "model" and "seed")
     stages: dict[str, StageRecord]
     similarity: dict[str, float]           # first seed
     kept: list[str]                        # first seed
@@ -442,6 +442,7 @@ def run_job(s: Settings) -> JobResult:
     base = {n: p.detach().clone() for n, p in model.named_parameters() if n in touched}
     testbed: dict[str, list[dict]] = {v: [] for v in variants}
     items: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    all_predictions: list[dict] = []
     first = None
     for k in range(s.report.seeds):
         seed_settings = dataclasses.replace(s, seed=s.seed + k)
@@ -459,13 +460,14 @@ def run_job(s: Settings) -> JobResult:
             transfer.load_weights(model, {n: base[n] for n in weights})
             testbed[variant].append(metrics)
             items[variant].append(evaluate.correctness(predictions, s.lang.code, s.eval.filter))
+            all_predictions += [{"model": variant, "seed": seed_settings.seed, **p} for p in predictions]
             if first is None and variant == s.method.name:
-                first = (predictions, similarity, list(a.kept), a)
+                first = (similarity, list(a.kept), a)
     ctx.settings, ctx.suffix = s, ""
-    predictions, similarity, kept, a = first
+    similarity, kept, a = first
     mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
     runs = testbed[s.method.name]
-    return JobResult(_mean_metrics(runs), runs, testbed, items, predictions, ctx.stages, similarity, kept,
+    return JobResult(_mean_metrics(runs), runs, testbed, items, all_predictions, ctx.stages, similarity, kept,
                      mask_rows)
 
 

@@ -60,7 +60,11 @@ def test_single_run_then_repeat_computes_nothing(tmp_path):
     assert "mgsm_sw" in proc.stdout and "stage" in proc.stdout  # the results table
     rows = {r["model"]: r for r in first["testbed"]}
     assert list(rows) == ["maet", "base", "language_only"] and rows["maet"]["vs_base"]["n"] == 2
-    assert (tmp_path / "run1" / "predictions.jsonl").is_file()
+    predictions = [json.loads(line) for line in (tmp_path / "run1" / "predictions.jsonl").read_text().splitlines()]
+    assert {p["model"] for p in predictions} == {"maet", "base", "language_only"}
+    # 2 items x 2 languages x 2 filters per model; the headline is their mean
+    maet_sw = [p for p in predictions if p["model"] == "maet" and p["lang"] == "sw" and p["filter"] == "flexible-extract"]
+    assert len(maet_sw) == 2 and sum(p["correct"] for p in maet_sw) / 2 == first["metrics"]["mgsm_sw"]
 
     launch(*common, f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
     second = json.loads((tmp_path / "run2" / "metrics.json").read_text())

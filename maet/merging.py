@@ -1,0 +1,48 @@
+"""Merge operators of the baselines, as pure functions over one tensor at a time.
+
+TIES (Yadav et al., 2023): trim each task vector to its largest-magnitude entries, elect a
+sign per entry, and average the entries that agree with it. DARE (Yu et al., 2024): drop each
+entry with probability p and rescale the survivors by 1/(1-p), which keeps the expected value.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the `ceil(density * numel)` entries of largest magnitude, zero the rest."""
+    k = max(1, int(torch.ceil(torch.tensor(density * delta.numel())).item()))
+    if k >= delta.numel():
+        return delta.clone()
+    threshold = delta.abs().flatten().kthvalue(delta.numel() - k + 1).values
+    return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
+
+
+def ties(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
+    """TIES merge of same-shape task vectors (already scaled by their coefficients).
+
+    trim each to `density`; elected sign = sign of the sum of the trimmed vectors; result =
+    per entry, the mean of the trimmed values whose sign agrees with the elected one (0 if none).
+    """
+    trimmed = torch.stack([trim(d.float(), density) for d in deltas])
+    sign = torch.sign(trimmed.sum(dim=0))
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    total = (trimmed * agree).sum(dim=0)
+    count = agree.sum(dim=0)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+
+def dare(delta: torch.Tensor, drop: float, generator: torch.Generator) -> torch.Tensor:
+    """Drop entries with probability `drop`, rescale the kept ones by 1/(1-drop)."""
+    if drop == 0:
+        return delta.clone()
+    keep = torch.rand(delta.shape, generator=generator) >= drop
+    return torch.where(keep, delta.float() / (1 - drop), torch.zeros_like(delta, dtype=torch.float32))
+
+
+def swapped_layers(num_layers: int, k: int) -> tuple[range, range, range]:
+    """(bottom, middle, top) layer indices: the k lowest and k highest layers, and the rest."""
+    if not 0 <= 2 * k <= num_layers:
+        raise ValueError(f"layer swap needs 0 <= 2*k <= num_layers (k={k}, num_layers={num_layers})")
+    return range(0, k), range(k, num_layers - k), range(num_layers - k, num_layers)
