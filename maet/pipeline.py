@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 class StageRecord:
     cached: bool
     seconds: float
-    train_tokens: int = 0
+    train_tokens: int = 0   # tokens trained on in this job (0 when the artifact came from the cache)
     steps: int = 0
     key: str | None = None
+    cost_tokens: int = 0    # tokens the artifact cost when it was made (also when cached)
 
 
 @dataclass
@@ -51,10 +52,11 @@ class Context:
     suffix: str = ""  # "/seed<k>" for every seed but the first
 
     def record(self, stage: str, cached: bool, start: float, key: str | None = None,
-               trained: extract.TrainStats | None = None) -> None:
+               trained: extract.TrainStats | None = None, cost_tokens: int | None = None) -> None:
         trained = trained or extract.TrainStats()
+        cost = trained.tokens if cost_tokens is None else cost_tokens
         self.stages[stage + self.suffix] = StageRecord(cached, round(time.perf_counter() - start, 3),
-                                                       trained.tokens, trained.steps, key)
+                                                       trained.tokens, trained.steps, key, cost)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -135,6 +137,16 @@ def language_config(s: Settings) -> dict:
             "corpus": fingerprint(s, s.lang.corpus)}
 
 
+def ability_full_config(s: Settings) -> dict:
+    return {"tokens": s.extract.tokens, "lr": s.extract.full_lr, "train": dataclasses.asdict(s.train),
+            "seed": s.seed, "ability": fingerprint(s, s.ability.corpus)}
+
+
+def cpt_all_config(s: Settings) -> dict:
+    return {"tokens": maet_training_tokens(s), "lr": s.language.lr, "train": dataclasses.asdict(s.train),
+            "seed": s.seed, "ability": fingerprint(s, s.ability.corpus), "corpus": fingerprint(s, s.lang.corpus)}
+
+
 def oracle_config(s: Settings) -> dict:
     return {"oracle": dataclasses.asdict(s.oracle), "train": dataclasses.asdict(s.train), "seed": s.seed,
             "world": world.world_fingerprint(s.world), "lang": s.lang.code}
@@ -212,7 +224,7 @@ def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) 
     start = time.perf_counter()
     key = artifact_key(stage, config, inputs)
     if ctx.cache.exists(stage, key):
-        ctx.record(stage, True, start, key)
+        ctx.record(stage, True, start, key, cost_tokens=ctx.cache.meta(stage, key).get("train_tokens", 0))
         return ctx.cache.tensors(stage, key), key
     tensors, trained, extra = compute()
     meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
@@ -308,6 +320,40 @@ def oracle_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str
     return cached_stage(ctx, "oracle", oracle_config(s), {"base": base_key}, compute)
 
 
+def ability_full_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
+    """θ_A,full − θ0: full-parameter CPT on C(L0,A) with the budget of θ_A (merging baselines)."""
+    s = ctx.settings
+
+    def compute():
+        steps = _steps(s.extract.tokens, s)
+        delta, trained = extract.train_full(model, block_param_names(model),
+                                            _batches(corpora.ability, tokenizer, s.extract.tokens, s), steps,
+                                            s.extract.full_lr, s.train, "baselines: full CPT on C(L0,A)")
+        return delta, trained, {}
+
+    return cached_stage(ctx, "ability_full", ability_full_config(s), {"base": base_key}, compute)
+
+
+def maet_training_tokens(s: Settings) -> int:
+    """Tokens MAET trains on: θ_A, θ_G (unless extract.subtract_general=false) and R(Lj)."""
+    return s.extract.tokens * (2 if s.extract.subtract_general else 1) + s.language.tokens
+
+
+def cpt_all_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
+    """The training baseline: full CPT of θ0 on C(Lj) ∪ C(L0,A) with MAET's total token budget."""
+    s = ctx.settings
+
+    def compute():
+        tokens = maet_training_tokens(s)
+        delta, trained = extract.train_full(model, block_param_names(model),
+                                            _batches(corpora.language + corpora.ability, tokenizer, tokens, s),
+                                            _steps(tokens, s), s.language.lr, s.train,
+                                            f"baselines: CPT on {s.lang.code} + ability text")
+        return delta, trained, {"lang": s.lang.code}
+
+    return cached_stage(ctx, "cpt_all", cpt_all_config(s), {"base": base_key}, compute)
+
+
 # ----------------------------------------------------------------------------- stage 3 + 4
 def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[str, float], list[str]]:
     start, t = time.perf_counter(), ctx.settings.transfer
@@ -371,6 +417,10 @@ class Artifacts:
     language_key: str | None = None
     oracle: extract.DenseDelta | None = None
     oracle_key: str | None = None
+    ability_full: extract.DenseDelta | None = None
+    ability_full_key: str | None = None
+    cpt_all: extract.DenseDelta | None = None
+    cpt_all_key: str | None = None
     kept: list[str] = field(default_factory=list)
 
 
@@ -384,14 +434,15 @@ def variant_weights(name: str, s: Settings, base: dict[str, torch.Tensor], a: Ar
         weights = transfer.merge_weights(base, a.oracle, None, [], alpha=0.0, beta=1.0)
         return weights, artifact_key("model", {"variant": "oracle"}, inputs | {"oracle": a.oracle_key})
     method = METHODS[name]
-    weights = method.build(MergeInputs(base, a.language, a.ability, a.kept, s.merge.alpha, s.merge.beta))
+    m = s.merge
+    weights = method.build(MergeInputs(base, a.language, a.ability, a.kept, m.alpha, m.beta, a.ability_full,
+                                       a.cpt_all, m.density, m.drop, m.swap_k, s.seed))
     config = {"method": name}
     if method.tunable:
-        config |= {"merge": dataclasses.asdict(s.merge), "transfer": dataclasses.asdict(s.transfer)}
-    if "ability" in method.needs:
-        inputs["ability"] = a.ability_key
-    if "language" in method.needs:
-        inputs["language"] = a.language_key
+        config |= {"merge": dataclasses.asdict(m), "transfer": dataclasses.asdict(s.transfer), "seed": s.seed}
+    keys = {"ability": a.ability_key, "language": a.language_key, "ability_full": a.ability_full_key,
+            "cpt_all": a.cpt_all_key}
+    inputs |= {need: keys[need] for need in sorted(method.needs)}
     return weights, artifact_key("model", config, inputs)
 
 
@@ -410,6 +461,10 @@ def seed_artifacts(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
         a.language, a.language_key = language_stage(ctx, model, tokenizer, corpora, base_key, mask, mask_key)
     if "oracle" in needs:
         a.oracle, a.oracle_key = oracle_stage(ctx, model, tokenizer, corpora, base_key)
+    if "ability_full" in needs:
+        a.ability_full, a.ability_full_key = ability_full_stage(ctx, model, tokenizer, corpora, base_key)
+    if "cpt_all" in needs:
+        a.cpt_all, a.cpt_all_key = cpt_all_stage(ctx, model, tokenizer, corpora, base_key)
     return a
 
 
@@ -425,6 +480,7 @@ class JobResult:
     similarity: dict[str, float]           # first seed
     kept: list[str]                        # first seed
     mask_rows: dict[str, int]
+    n_params: int
 
 
 def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -468,7 +524,7 @@ def run_job(s: Settings) -> JobResult:
     mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
     runs = testbed[s.method.name]
     return JobResult(_mean_metrics(runs), runs, testbed, items, all_predictions, ctx.stages, similarity, kept,
-                     mask_rows)
+                     mask_rows, model.num_parameters())
 
 
 def headline(s: Settings) -> str:
@@ -510,6 +566,25 @@ def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
     return rows
 
 
+STAGES_OF = {"ability": ("locate", "ability"), "language": ("language",), "ability_full": ("ability_full",),
+             "cpt_all": ("cpt_all",), "oracle": ("oracle",)}
+
+
+def training_compute(s: Settings, result: JobResult) -> dict:
+    """Training compute of the method for one seed: tokens of every stage it needs (cached ones
+    counted at what they cost when made), FLOPs ≈ 6 · params · tokens, and the ratio to the
+    training baseline cpt_all, whose budget is MAET's total training tokens."""
+    needs = METHODS[s.method.name].needs
+    stages = {st for need in needs for st in STAGES_OF[need]}
+    if "language" in needs and s.language.train == "key_neurons":
+        stages.add("locate")
+    per_stage = {st: result.stages[st].cost_tokens for st in sorted(stages) if st in result.stages}
+    tokens = sum(per_stage.values())
+    return {"tokens": tokens, "flops": 6 * result.n_params * tokens, "per_stage": per_stage,
+            "cpt_all_tokens": maet_training_tokens(s), "vs_cpt_all": tokens / maet_training_tokens(s),
+            "note": "per seed; cached stages count at their cost, once per sweep in wall-clock"}
+
+
 def job_summary(s: Settings, result: JobResult) -> dict:
     """The content of metrics.json."""
     stages = {name: dataclasses.asdict(r) for name, r in result.stages.items()}
@@ -517,7 +592,7 @@ def job_summary(s: Settings, result: JobResult) -> dict:
         "model": s.model.name, "ability": s.ability.name, "lang": s.lang.code, "method": s.method.name,
         "alpha": s.merge.alpha, "beta": s.merge.beta, "seed": s.seed, "seeds": s.report.seeds,
         "headline": headline(s), "metrics": result.metrics, "metrics_per_seed": result.per_seed,
-        "testbed": testbed_rows(s, result), "stages": stages,
+        "testbed": testbed_rows(s, result), "stages": stages, "compute": training_compute(s, result),
         "train_tokens": sum(r.train_tokens for r in result.stages.values() if not r.cached),
         "transfer": {"similarity": result.similarity, "kept": result.kept},
         "key_neurons": result.mask_rows,
@@ -583,6 +658,9 @@ def results_table(summary: dict) -> str:
     head = (f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} "
             f"beta={summary['beta']} model={summary['model']} seeds={summary['seeds']} (from {summary['seed']})")
     lines = [head, testbed_table(summary), "", stage_table(summary)]
+    c = summary["compute"]
+    lines.append(f"training compute of {summary['method']} (per seed): {c['tokens']:,} tokens, "
+                 f"{c['flops']:.2e} FLOPs, {c['vs_cpt_all']:.2f}x the cpt_all budget of {c['cpt_all_tokens']:,} tokens")
     total = len(summary["transfer"]["similarity"])
     if total:
         lines.append(f"transfer (seed {summary['seed']}): kept {len(summary['transfer']['kept'])}/{total} ability tensors")

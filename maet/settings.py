@@ -8,6 +8,7 @@ functions take these dataclasses, never a DictConfig.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,7 @@ class ExtractSettings:
     tokens: int = 32768
     lr: float = 1e-3
     subtract_general: bool = True
+    full_lr: float = 5e-4  # full-parameter CPT on C(L0,A): the ability delta of the merging baselines
 
 
 @dataclass
@@ -176,6 +178,9 @@ class TransferSettings:
 class MergeSettings:
     alpha: float = 1.0
     beta: float = 1.0
+    density: float = 0.5   # ties: fraction of each task vector kept by magnitude
+    drop: float = 0.9      # dare: drop probability
+    swap_k: int = 1        # layer_swap: layers taken from the language model at each end
 
 
 @dataclass
@@ -257,7 +262,9 @@ def load_settings(cfg: DictConfig) -> Settings:
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ConfigError(key, value, "one of " + ", ".join(map(str, allowed)))
+        close = difflib.get_close_matches(str(value), list(map(str, allowed)), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(key, value, "one of " + ", ".join(map(str, allowed)) + hint)
 
 
 def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
@@ -381,6 +388,10 @@ def validate(s: Settings) -> None:
                "oracle only where target-language ability text exists (the built-in world)")
     _check("merge.alpha", s.merge.alpha, _finite(s.merge.alpha), "a finite number")
     _check("merge.beta", s.merge.beta, _finite(s.merge.beta), "a finite number")
+    _check("merge.density", s.merge.density, _finite(s.merge.density) and 0 < s.merge.density <= 1, "a number in (0, 1]")
+    _check("merge.drop", s.merge.drop, _finite(s.merge.drop) and 0 <= s.merge.drop < 1, "a number in [0, 1)")
+    _check("merge.swap_k", s.merge.swap_k, s.merge.swap_k >= 0, "an integer >= 0 (layers at each end)")
+    _check("extract.full_lr", s.extract.full_lr, _finite(s.extract.full_lr) and s.extract.full_lr > 0, "a number > 0")
 
     from maet.methods import METHODS  # the registry decides which names exist
 

@@ -69,3 +69,11 @@ def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):
     cache.save("ability", "k", {}, {"rows:a": rows, "values:a": values, "theta_a:a": values, "rows:b": rows})
     loaded = cache.tensors("ability", "k")
     assert torch.equal(loaded["theta_a:a"], values) and torch.equal(loaded["rows:b"], rows)
+
+
+def test_cpt_all_trains_on_the_same_total_tokens_as_maet():
+    s = load("extract.tokens=1000", "language.tokens=300")
+    assert pipeline.cpt_all_config(s)["tokens"] == 2 * 1000 + 300 == pipeline.maet_training_tokens(s)
+    s = load("extract.tokens=1000", "language.tokens=300", "extract.subtract_general=false")
+    assert pipeline.cpt_all_config(s)["tokens"] == 1000 + 300
+    assert pipeline.cpt_all_config(load("lang=bn")) != pipeline.cpt_all_config(load("lang=sw"))

@@ -7,12 +7,24 @@ from maet import transfer
 from maet.methods import METHODS, MergeInputs
 
 
+NAMES = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
+W0, W1, W2, W3 = NAMES
+
+
 def _world(seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    base = {f"w{i}": torch.randn(8, 6, generator=g).to(dtype) for i in range(4)}
+    base = {n: torch.randn(8, 6, generator=g).to(dtype) for n in NAMES}
     language = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
-    ability = {n: (torch.tensor([1, 5]), 0.1 * torch.randn(2, 6, generator=g)) for n in ["w0", "w1", "w2"]}
+    ability = {n: (torch.tensor([1, 5]), 0.1 * torch.randn(2, 6, generator=g)) for n in [W0, W1, W2]}
     return base, language, ability
+
+
+def _inputs(dtype=torch.float32, alpha=0.5, beta=1.0, **kw):
+    base, language, ability = _world(dtype=dtype)
+    g = torch.Generator().manual_seed(9)
+    full = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
+    cpt = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
+    return MergeInputs(base, language, ability, list(ability), alpha, beta, full, cpt, **kw)
 
 
 def _apply(base, weights):
@@ -25,7 +37,7 @@ def test_alpha_zero_gives_exactly_the_language_model(dtype):
     merged = _apply(base, transfer.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=1.0))
     language_model = _apply(base, METHODS["language_only"].build(MergeInputs(base, language, ability, [], 1.0, 1.0)))
     assert all(torch.equal(merged[n], language_model[n]) for n in base)
-    assert not torch.equal(language_model["w0"], base["w0"])
+    assert not torch.equal(language_model[W0], base[W0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -37,7 +49,7 @@ def test_alpha_beta_zero_gives_exactly_the_base_model(dtype):
 
 def test_merge_matches_the_dense_formula():
     base, language, ability = _world()
-    kept = ["w0", "w2"]
+    kept = [W0, W2]
     merged = _apply(base, transfer.merge_weights(base, language, ability, kept, alpha=0.7, beta=0.5))
     for n in base:
         expected = base[n] + 0.5 * language[n]
@@ -45,7 +57,7 @@ def test_merge_matches_the_dense_formula():
             rows, values = ability[n]
             expected[rows] += 0.7 * values
         assert torch.allclose(merged[n], expected, atol=1e-6)
-    assert torch.allclose(merged["w1"], base["w1"] + 0.5 * language["w1"])  # not kept: no ability
+    assert torch.allclose(merged[W1], base[W1] + 0.5 * language[W1])  # not kept: no ability
 
 
 def test_similarity_is_the_cosine_of_the_flattened_tensors():
@@ -56,7 +68,7 @@ def test_similarity_is_the_cosine_of_the_flattened_tensors():
         dense[rows] = values
         expected = torch.nn.functional.cosine_similarity(dense.flatten(), language[n].flatten(), dim=0)
         assert sims[n] == pytest.approx(float(expected), abs=1e-6)
-    assert transfer.tensor_similarity(ability, {})["w0"] == 0.0
+    assert transfer.tensor_similarity(ability, {})[W0] == 0.0
 
 
 def test_tensor_selection_modes():
@@ -69,13 +81,45 @@ def test_tensor_selection_modes():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_keeps_shapes_dtypes_and_is_finite(name):
-    base, language, ability = _world(dtype=torch.bfloat16)
-    weights = METHODS[name].build(MergeInputs(base, language, ability, list(ability), 0.5, 1.0))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_method_keeps_shapes_dtypes_and_is_finite(name, dtype):
+    x = _inputs(dtype=dtype)
+    weights = METHODS[name].build(x)
     for n, w in weights.items():
-        assert w.shape == base[n].shape and w.dtype == base[n].dtype and torch.isfinite(w.float()).all()
-    if name == "base":
-        assert weights == {}
+        assert w.shape == x.base[n].shape and w.dtype == dtype and torch.isfinite(w.float()).all()
+    assert (weights == {}) == (name == "base")
+    assert set(weights) <= set(x.base)
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(METHODS) if n in ("maet", "task_arithmetic")])
+def test_alpha_zero_gives_the_language_model_for_additive_merges(name):
+    x = _inputs(alpha=0.0)
+    language_model = METHODS["language_only"].build(x)
+    merged = METHODS[name].build(x)
+    assert all(torch.equal(merged.get(n, x.base[n]), language_model.get(n, x.base[n])) for n in x.base)
+
+
+def test_task_arithmetic_adds_the_full_ability_delta():
+    x = _inputs(alpha=0.7, beta=0.4)
+    merged = METHODS["task_arithmetic"].build(x)
+    for n in x.base:
+        assert torch.allclose(merged[n], x.base[n] + 0.4 * x.language[n] + 0.7 * x.ability_full[n], atol=1e-6)
+
+
+def test_layer_swap_takes_exactly_the_configured_layers():
+    x = _inputs(swap_k=1)
+    merged = METHODS["layer_swap"].build(x)
+    for i, n in enumerate(NAMES):  # 4 layers, k=1: layers 0 and 3 from the language model
+        source = x.language if i in (0, 3) else x.ability_full
+        assert torch.equal(merged[n], x.base[n] + source[n]), n
+    x0 = _inputs(swap_k=0)
+    assert all(torch.equal(w, x0.base[n] + x0.ability_full[n]) for n, w in METHODS["layer_swap"].build(x0).items())
+
+
+def test_cpt_all_applies_its_delta():
+    x = _inputs()
+    merged = METHODS["cpt_all"].build(x)
+    assert all(torch.equal(merged[n], x.base[n] + x.cpt_all[n]) for n in x.base)
 
 
 def test_load_weights_writes_into_the_model_in_place(tiny_model):
@@ -83,3 +127,9 @@ def test_load_weights_writes_into_the_model_in_place(tiny_model):
     ptr = param.data_ptr()
     transfer.load_weights(tiny_model, {name: torch.full_like(param, 0.5)})
     assert param.data_ptr() == ptr and math.isclose(float(param.detach().mean()), 0.5)
+
+
+def test_dare_without_dropping_is_task_arithmetic():
+    x = _inputs(drop=0.0)
+    dare, arithmetic = METHODS["dare"].build(x), METHODS["task_arithmetic"].build(x)
+    assert all(torch.allclose(dare[n], arithmetic[n], atol=1e-6) for n in x.base)
