@@ -114,3 +114,20 @@ def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_pat
     assert all("evaluate" in computed(j) for j in jobs)  # each point is its own model
     # one offline W&B run per job, grouped by the sweep
     assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4
+
+
+def test_every_baseline_runs_and_reports_its_compute(tmp_path):
+    sweep = tmp_path / "sweep"
+    methods = "task_arithmetic,ties,dare,layer_swap,cpt_all,ability_only,base"
+    launch("-m", f"method={methods}", *SMALL, *LEAN, f"paths.cache_dir={tmp_path / 'cache'}", "tracker=none",
+           f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = {j["method"]: j for j in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json"))}
+    assert set(jobs) == set(methods.split(","))
+    maet_tokens = 2 * 512 + 256  # θ_A + θ_G + R(Lj) at extract.tokens=512, language.tokens=256
+    assert jobs["cpt_all"]["compute"]["tokens"] == jobs["cpt_all"]["stages"]["cpt_all"]["cost_tokens"] == maet_tokens
+    assert jobs["cpt_all"]["compute"]["vs_cpt_all"] == 1.0
+    for name in ("task_arithmetic", "ties", "dare", "layer_swap"):
+        assert jobs[name]["compute"]["per_stage"] == {"ability_full": 512, "language": 256}
+    assert sum(not j["stages"]["ability_full"]["cached"] for j in jobs.values() if "ability_full" in j["stages"]) == 1
+    assert jobs["base"]["compute"]["tokens"] == 0
+    assert 0 <= jobs["ties"]["metrics"]["arith_sw"] <= 1
