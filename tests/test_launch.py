@@ -1,6 +1,7 @@
 """End to end through the real `launch.py`, in subprocesses: a single run, a repeated run that
 computes nothing, and the user's 2x2 multirun that computes R(A) once and R(Lj) once per language."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from maet import report
 from maet.config import PROJECT_ROOT
 
 # The default (the built-in world), reduced: same pipeline, smaller world, model and budgets.
@@ -114,6 +116,17 @@ def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_pat
     assert all("evaluate" in computed(j) for j in jobs)  # each point is its own model
     # one offline W&B run per job, grouped by the sweep
     assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4
+
+    # the sweep's table, also when a job failed (listed, not dropped)
+    text = report.write(sweep)
+    assert len([line for line in text.splitlines() if line.startswith("| sw") or line.startswith("| bn")]) == 4
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert sorted((r["lang"], float(r["alpha"])) for r in rows) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    (sweep / "3" / "metrics.json").unlink()
+    text = report.write(sweep)
+    assert "Failed jobs" in text and "job 3: merge.alpha=1.0 lang=bn" in text
+    assert len(list(csv.DictReader((sweep / "summary.csv").open()))) == 3
 
 
 def test_every_baseline_runs_and_reports_its_compute(tmp_path):
