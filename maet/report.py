@@ -1,4 +1,5 @@
-"""One table over every job of a sweep: `python -m maet.report <sweep dir>`.
+"""One table over every job of a sweep: printed and written at the end of every multirun (the
+`SweepReport` Hydra callback), and again on demand: `python -m maet.report <sweep dir>`.
 
 Reads each job's `metrics.json` (jobs without one are listed as failed, not dropped), prints a
 table of lang x method x alpha with accuracy and its 95% interval, the paired difference
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from hydra.experimental.callback import Callback
 from tabulate import tabulate
 
 COLUMNS = ["lang", "method", "alpha", "seeds", "accuracy", "low", "high", "vs_language_only", "vs_low", "vs_high",
@@ -83,6 +85,15 @@ def write(sweep: Path) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return text
+
+
+class SweepReport(Callback):
+    """Hydra callback: at the end of a multirun, print and write the sweep's table."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if sweep.is_dir():
+            print(f"\nSweep summary ({sweep}):\n" + write(sweep))
 
 
 def main(argv: list[str]) -> int:

@@ -102,8 +102,9 @@ def test_default_world_run_prints_the_testbed_table(tmp_path):
 
 def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_path):
     sweep = tmp_path / "sweep"
-    launch("-m", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, *LEAN, f"paths.cache_dir={tmp_path / 'cache'}",
-           f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = launch("-m", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, *LEAN, f"paths.cache_dir={tmp_path / 'cache'}",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "Sweep summary" in proc.stdout and (sweep / "summary.md").is_file()  # the end-of-multirun callback
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert sorted((j["lang"], j["alpha"]) for j in jobs) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
     assert sum("locate" in computed(j) for j in jobs) == 1
