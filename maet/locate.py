@@ -40,6 +40,38 @@ def grad_scores(model, batches: Iterable[torch.Tensor], names: list[str], total:
         model.train(was_training)
 
 
+@torch.no_grad()
+def activation_scores(model, batches: Iterable[torch.Tensor], names: list[str], total: int | None = None) -> dict[str, torch.Tensor]:
+    """Mean |activation| of every output unit of the named linear layers -> `{name: [out]}`."""
+    modules = dict(model.named_modules())
+    sums = {n: None for n in names}
+    count = 0
+
+    def hook(name):
+        def record(module, inputs, output):
+            value = output.detach().abs().float().sum(dim=tuple(range(output.ndim - 1))).cpu()
+            sums[name] = value if sums[name] is None else sums[name] + value
+        return record
+
+    handles = [modules[n.rsplit(".", 1)[0]].register_forward_hook(hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in progress(iterable=batches, total=total, desc="locate: activations", unit="batch"):
+            model(input_ids=batch.to(model.device))
+            count += batch.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {n: sums[n] / count for n in names}
+
+
+def weight_change_scores(delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Row scores `Σ_in |θ' − θ0|` of a short CPT's weight change -> `{name: [out]}`."""
+    return {n: d.abs().sum(dim=1).float() for n, d in delta.items()}
+
+
 def random_scores(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
     """Uniform random row scores `{name: [out]}` (the random-neuron ablation)."""
     generator = torch.Generator().manual_seed(seed)

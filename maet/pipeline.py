@@ -121,8 +121,13 @@ def locate_config(s: Settings) -> dict:
     return {"locate": dataclasses.asdict(s.locate), "seed": s.seed,
             "batch": [s.train.batch_size, s.train.seq_len],
             "ability": fingerprint(s, s.ability.corpus),
-            "general": fingerprint(s, s.source_lang.corpus) if s.locate.contrast else None,
-            "heldout_fraction": s.train.heldout_fraction if s.locate.contrast else None}
+            "general": fingerprint(s, s.source_lang.corpus) if _contrastive(s) else None,
+            "heldout_fraction": s.train.heldout_fraction if _contrastive(s) else None,
+            "full_lr": s.extract.full_lr if s.locate.score == "weight_change" else None}
+
+
+def _contrastive(s: Settings) -> bool:
+    return s.locate.contrast or s.locate.score == "activation"
 
 
 def ability_config(s: Settings) -> dict:
@@ -242,17 +247,26 @@ def locate_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str
     def compute():
         names = block_linear_names(model, s.locate.modules)
         shapes = {n: p.shape for n, p in model.named_parameters() if n in names}
-        trained = extract.TrainStats()
+        steps = _steps(s.locate.tokens, s)
+
+        def score(docs: list[str]) -> tuple[dict[str, torch.Tensor], extract.TrainStats]:
+            batches = _batches(docs, tokenizer, s.locate.tokens, s)
+            if s.locate.score == "weight_change":  # a short real CPT; θ0 is restored afterwards
+                delta, trained = extract.train_full(model, names, batches, steps, s.extract.full_lr, s.train,
+                                                    "locate: weight change")
+                return locate.weight_change_scores(delta), trained
+            fn = locate.grad_scores if s.locate.score == "grad" else locate.activation_scores
+            return fn(model, batches, names, steps), extract.TrainStats(steps * s.train.batch_size * s.train.seq_len, steps)
+
         if s.locate.score == "random":
-            scores = locate.random_scores(shapes, s.seed)
+            scores, trained = locate.random_scores(shapes, s.seed), extract.TrainStats()
         else:
-            steps = _steps(s.locate.tokens, s)
-            scores = locate.grad_scores(model, _batches(corpora.ability, tokenizer, s.locate.tokens, s), names, steps)
-            trained = extract.TrainStats(steps * s.train.batch_size * s.train.seq_len, steps)
-            if s.locate.contrast:
-                general = locate.grad_scores(model, _batches(corpora.general, tokenizer, s.locate.tokens, s), names, steps)
+            scores, trained = score(corpora.ability)
+            # activation scores are contrastive by definition (METHOD.md): ability minus general text
+            if s.locate.contrast or s.locate.score == "activation":
+                general, general_trained = score(corpora.general)
                 scores = {n: scores[n] - general[n] for n in names}
-                trained = trained + trained
+                trained = trained + general_trained
         mask = locate.select_rows(scores, s.locate.ratio, s.locate.scope)
         return mask, trained, {"selected_fraction": locate.mask_fraction(mask, shapes)}
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LOCATE_SCORES = ("grad", "random")
+LOCATE_SCORES = ("grad", "weight_change", "activation", "random")
 LOCATE_SCOPES = ("tensor", "layer", "global")
 TRANSFER_SELECTS = ("threshold", "ratio", "all")
 LANGUAGE_TRAIN = ("full", "key_neurons")

@@ -145,3 +145,18 @@ def test_every_baseline_runs_and_reports_its_compute(tmp_path):
     assert sum(not j["stages"]["ability_full"]["cached"] for j in jobs.values() if "ability_full" in j["stages"]) == 1
     assert jobs["base"]["compute"]["tokens"] == 0
     assert 0 <= jobs["ties"]["metrics"]["arith_sw"] <= 1
+
+
+def test_ablations_run_end_to_end(tmp_path):
+    sweep = tmp_path / "sweep"
+    ablations = ["score_weight_change", "score_activation", "contrast", "language_key_neurons", "no_subtract"]
+    launch("-m", f"+ablation={','.join(ablations)}", *SMALL, *LEAN, f"paths.cache_dir={tmp_path / 'cache'}",
+           "tracker=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(jobs) == len(ablations)
+    locate_keys = {j["stages"]["locate"]["key"] for j in jobs}
+    assert len(locate_keys) == 4  # weight_change, activation, contrast, and the default grad (shared by two)
+    by_ablation = dict(zip(ablations, jobs))
+    assert by_ablation["score_weight_change"]["stages"]["locate"]["train_tokens"] == 256
+    assert by_ablation["score_activation"]["stages"]["locate"]["train_tokens"] == 2 * 256  # ability and general
+    assert by_ablation["no_subtract"]["stages"]["ability"]["train_tokens"] == 512  # θ_A only

@@ -83,3 +83,24 @@ def test_only_configured_modules_hold_neurons(tiny_model):
     names = block_linear_names(tiny_model, ["gate_proj", "up_proj", "down_proj"])
     assert names and all(".mlp." in n for n in names)
     assert not any("embed" in n or "norm" in n or "lm_head" in n for n in block_linear_names(tiny_model, list(MODULES)))
+
+
+def test_activation_scores_are_mean_absolute_outputs(tiny_model):
+    names = block_linear_names(tiny_model, ["up_proj"])
+    batches = random_batches(tiny_model.config.vocab_size, 2)
+    scores = locate.activation_scores(tiny_model, batches, names)
+    captured = []
+    module = dict(tiny_model.named_modules())[names[0].rsplit(".", 1)[0]]
+    handle = module.register_forward_hook(lambda m, i, o: captured.append(o.detach().abs()))
+    with torch.no_grad():
+        for batch in batches:
+            tiny_model(input_ids=batch)
+    handle.remove()
+    expected = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured]).mean(dim=0)
+    assert torch.allclose(scores[names[0]], expected, atol=1e-6)
+    assert scores[names[0]].shape == (tiny_model.config.intermediate_size,)
+
+
+def test_weight_change_scores_sum_the_row_changes():
+    delta = {"w": torch.tensor([[1.0, -2.0], [0.0, 0.5]])}
+    assert torch.equal(locate.weight_change_scores(delta)["w"], torch.tensor([3.0, 0.5]))

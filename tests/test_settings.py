@@ -27,7 +27,7 @@ def test_default_config_is_valid():
     ("locate.ratio=1.5", "locate.ratio", "(0, 1]"),
     ("locate.ratio=-0.1", "locate.ratio", "(0, 1]"),
     ("locate.scope=row", "locate.scope", "tensor, layer, global"),
-    ("locate.score=magic", "locate.score", "grad, random"),
+    ("locate.score=magic", "locate.score", "grad, weight_change, activation, random"),
     ("locate.modules=[q_proj,lm_head]", "locate.modules", "subset"),
     ("locate.tokens=0", "locate.tokens", "> 0"),
     ("extract.tokens=-5", "extract.tokens", "> 0"),
