@@ -69,7 +69,7 @@ class Corpora:
     oracle: list[str]      # ability text in Lj (the built-in world only; trains the oracle, never MAET)
 
 
-def documents(s: Settings, corpus: CorpusSettings, w: world.World | None, tokenizer=None) -> list[str]:
+def documents(corpus: CorpusSettings, w: world.World | None, tokenizer=None) -> list[str]:
     """A corpus's documents; with a tokenizer, its `max_tokens` budget applies."""
     return world.corpus(w, corpus.path) if corpus.source == "world" else data.load_documents(corpus, tokenizer)
 
@@ -82,10 +82,10 @@ def fingerprint(s: Settings, corpus: CorpusSettings) -> dict:
 
 
 def load_corpora(s: Settings, w: world.World | None, tokenizer) -> Corpora:
-    general, _ = data.split_heldout(documents(s, s.source_lang.corpus, w, tokenizer), s.train.heldout_fraction)
-    language, heldout = data.split_heldout(documents(s, s.lang.corpus, w, tokenizer), s.train.heldout_fraction)
+    general, _ = data.split_heldout(documents(s.source_lang.corpus, w, tokenizer), s.train.heldout_fraction)
+    language, heldout = data.split_heldout(documents(s.lang.corpus, w, tokenizer), s.train.heldout_fraction)
     oracle = world.corpus(w, f"ability:{s.lang.code}") if s.lang.corpus.source == "world" else []
-    return Corpora(documents(s, s.ability.corpus, w, tokenizer), general, language, heldout, oracle)
+    return Corpora(documents(s.ability.corpus, w, tokenizer), general, language, heldout, oracle)
 
 
 def uses_world(s: Settings) -> bool:
@@ -132,7 +132,8 @@ def _contrastive(s: Settings) -> bool:
 
 def ability_config(s: Settings) -> dict:
     subtract = s.extract.subtract_general
-    return {"extract": dataclasses.asdict(s.extract), "train": dataclasses.asdict(s.train), "seed": s.seed,
+    extract_keys = {k: v for k, v in dataclasses.asdict(s.extract).items() if k != "full_lr"}  # baselines only
+    return {"extract": extract_keys, "train": dataclasses.asdict(s.train), "seed": s.seed,
             "ability": fingerprint(s, s.ability.corpus),
             "general": fingerprint(s, s.source_lang.corpus) if subtract else None}
 
@@ -178,7 +179,7 @@ def _scratch_text(s: Settings, w: world.World | None) -> tuple[list[str], list[s
     general = []
     for path in sc.tokenizer_files:
         general += data.load_documents(CorpusSettings(path=path))[:sc.tokenizer_max_docs]
-    return documents(s, s.ability.corpus, w)[:sc.tokenizer_max_docs] + general, general
+    return documents(s.ability.corpus, w)[:sc.tokenizer_max_docs] + general, general
 
 
 def base_model(ctx: Context):

@@ -60,6 +60,9 @@ def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
     assert pipeline.language_config(a) == pipeline.language_config(c)
     assert pipeline.ability_config(a) != pipeline.ability_config(c)
     assert pipeline.locate_config(a) != pipeline.locate_config(load("locate.ratio=0.2"))
+    d = load("extract.full_lr=0.1")  # the baselines' full-parameter ability CPT only
+    assert pipeline.ability_config(a) == pipeline.ability_config(d)
+    assert pipeline.ability_full_config(a) != pipeline.ability_full_config(d)
 
 
 def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):
