@@ -321,32 +321,31 @@ def language_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
     return cached_stage(ctx, "language", language_config(s), inputs, compute)
 
 
-def oracle_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
-    """The oracle's delta: full CPT of θ0 on ability text *in* Lj (a ceiling MAET never uses)."""
+def full_cpt_stage(ctx: Context, stage: str, config: dict, model, tokenizer, base_key: str, docs: list[str],
+                   tokens: int, lr: float, desc: str, meta: dict):
+    """(θ' − θ0 of every block weight, key) after full CPT of θ0 on `docs` for `tokens` tokens."""
     s = ctx.settings
 
     def compute():
-        steps = _steps(s.oracle.tokens, s)
-        delta, trained = extract.train_full(model, block_param_names(model),
-                                            _batches(corpora.oracle, tokenizer, s.oracle.tokens, s), steps,
-                                            s.oracle.lr, s.train, f"oracle: ability text in {s.lang.code}")
-        return delta, trained, {"lang": s.lang.code}
+        delta, trained = extract.train_full(model, block_param_names(model), _batches(docs, tokenizer, tokens, s),
+                                            _steps(tokens, s), lr, s.train, desc)
+        return delta, trained, meta
 
-    return cached_stage(ctx, "oracle", oracle_config(s), {"base": base_key}, compute)
+    return cached_stage(ctx, stage, config, {"base": base_key}, compute)
+
+
+def oracle_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
+    """The oracle's delta: full CPT of θ0 on ability text *in* Lj (a ceiling MAET never uses)."""
+    s = ctx.settings
+    return full_cpt_stage(ctx, "oracle", oracle_config(s), model, tokenizer, base_key, corpora.oracle,
+                          s.oracle.tokens, s.oracle.lr, f"oracle: ability text in {s.lang.code}", {"lang": s.lang.code})
 
 
 def ability_full_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
     """θ_A,full − θ0: full-parameter CPT on C(L0,A) with the budget of θ_A (merging baselines)."""
     s = ctx.settings
-
-    def compute():
-        steps = _steps(s.extract.tokens, s)
-        delta, trained = extract.train_full(model, block_param_names(model),
-                                            _batches(corpora.ability, tokenizer, s.extract.tokens, s), steps,
-                                            s.extract.full_lr, s.train, "baselines: full CPT on C(L0,A)")
-        return delta, trained, {}
-
-    return cached_stage(ctx, "ability_full", ability_full_config(s), {"base": base_key}, compute)
+    return full_cpt_stage(ctx, "ability_full", ability_full_config(s), model, tokenizer, base_key, corpora.ability,
+                          s.extract.tokens, s.extract.full_lr, "baselines: full CPT on C(L0,A)", {})
 
 
 def maet_training_tokens(s: Settings) -> int:
@@ -357,16 +356,9 @@ def maet_training_tokens(s: Settings) -> int:
 def cpt_all_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
     """The training baseline: full CPT of θ0 on C(Lj) ∪ C(L0,A) with MAET's total token budget."""
     s = ctx.settings
-
-    def compute():
-        tokens = maet_training_tokens(s)
-        delta, trained = extract.train_full(model, block_param_names(model),
-                                            _batches(corpora.language + corpora.ability, tokenizer, tokens, s),
-                                            _steps(tokens, s), s.language.lr, s.train,
-                                            f"baselines: CPT on {s.lang.code} + ability text")
-        return delta, trained, {"lang": s.lang.code}
-
-    return cached_stage(ctx, "cpt_all", cpt_all_config(s), {"base": base_key}, compute)
+    return full_cpt_stage(ctx, "cpt_all", cpt_all_config(s), model, tokenizer, base_key,
+                          corpora.language + corpora.ability, maet_training_tokens(s), s.language.lr,
+                          f"baselines: CPT on {s.lang.code} + ability text", {"lang": s.lang.code})
 
 
 # ----------------------------------------------------------------------------- stage 3 + 4
