@@ -12,6 +12,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import random
 from pathlib import Path
 
 import lm_eval
@@ -55,10 +57,24 @@ def mgsm_file_fingerprint(data_dir: Path, lang: str) -> dict:
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel jobs may write the same file
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def split_items(items: list[dict], settings: EvalSettings) -> list[dict]:
+    """The items of `eval.split`: with `eval.dev_size` = k > 0, k items drawn with `eval.seed` are
+    the dev split and the others the test split (disjoint); with k = 0 every item is a test item."""
+    if not settings.dev_size:
+        return items
+    dev = set(random.Random(settings.seed).sample(range(len(items)), min(settings.dev_size, len(items) - 1)))
+    return [item for i, item in enumerate(items) if (i in dev) == (settings.split == "dev")]
+
+
+def split_file(settings: EvalSettings) -> str:
+    """File name of the split's items (distinct per split and dev size: parallel jobs never share one)."""
+    return f"{settings.split}-dev{settings.dev_size}.jsonl" if settings.dev_size else "test.jsonl"
 
 
 def lm_eval_task_yaml(family: str, lang: str) -> dict:
@@ -77,7 +93,7 @@ def mgsm_task(family: str, lang: str, data_dir: Path, work_dir: Path, settings: 
     if settings.source == "local":
         train, test = mgsm_rows(data_dir, lang)
         files = {"train": str(write_jsonl(train, work_dir / "mgsm" / lang / "train.jsonl")),
-                 "test": str(write_jsonl(test, work_dir / "mgsm" / lang / "test.jsonl"))}
+                 "test": str(write_jsonl(split_items(test, settings), work_dir / "mgsm" / lang / split_file(settings)))}
         config.update(task=f"{family}_{lang}_local", dataset_path="json", dataset_name=None,
                       dataset_kwargs={"data_files": files})
     if settings.max_gen_toks is not None:
@@ -88,7 +104,7 @@ def mgsm_task(family: str, lang: str, data_dir: Path, work_dir: Path, settings: 
 def arith_task(lang: str, items: list[dict], work_dir: Path, settings: EvalSettings) -> dict:
     """The built-in world's benchmark as an lm-eval generation task: the prompt is the problem
     up to the answer marker, the answer is the last number generated before `.` or a newline."""
-    path = write_jsonl(items, work_dir / "arith" / lang / "test.jsonl")
+    path = write_jsonl(split_items(items, settings), work_dir / "arith" / lang / split_file(settings))
     return {
         "task": f"arith_{lang}", "dataset_path": "json", "dataset_name": None,
         "dataset_kwargs": {"data_files": {"test": str(path)}}, "test_split": "test",

@@ -13,9 +13,13 @@ from maet.settings import ModelSettings, ScratchSettings
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, job_num: int | None = None) -> torch.device:
+    """auto: cuda if available, else cpu. With several GPUs and a multirun job number (parallel
+    launchers such as joblib), job k gets GPU k mod n: one device per job."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and job_num is not None and torch.cuda.device_count() > 1:
+        return torch.device(f"cuda:{job_num % torch.cuda.device_count()}")
     return torch.device(device)
 
 

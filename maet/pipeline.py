@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
-from maet import data, evaluate, extract, locate, transfer, world
+from maet import data, evaluate, extract, locate, plots, transfer, world
 from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows
 from maet.methods import METHODS, MergeInputs
 from maet.model import (block_linear_names, block_param_names, build_scratch_model, load_pretrained,
@@ -486,6 +486,7 @@ class JobResult:
     stages: dict[str, StageRecord]
     similarity: dict[str, float]           # first seed
     kept: list[str]                        # first seed
+    tensors: list[dict]                    # first seed: one row per ability tensor (see tensor_rows)
     mask_rows: dict[str, int]
     n_params: int
 
@@ -497,7 +498,7 @@ def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
 def run_job(s: Settings) -> JobResult:
     """All stages of one job, for each seed; artifacts come from the cache when their key is there."""
     cache = ArtifactCache(s.paths.cache_dir)
-    ctx = Context(s, cache, resolve_device(s.device), world.generate(s.world) if uses_world(s) else None)
+    ctx = Context(s, cache, resolve_device(s.device, _job_num()), world.generate(s.world) if uses_world(s) else None)
     model, tokenizer, base_key = base_model(ctx)
     corpora = load_corpora(s, ctx.world, tokenizer)
     variants = list(dict.fromkeys([s.method.name, *s.report.references]))
@@ -531,7 +532,17 @@ def run_job(s: Settings) -> JobResult:
     mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
     runs = testbed[s.method.name]
     return JobResult(_mean_metrics(runs), runs, testbed, items, all_predictions, ctx.stages, similarity, kept,
-                     mask_rows, model.num_parameters())
+                     tensor_rows(a, similarity, kept), mask_rows, model.num_parameters())
+
+
+def tensor_rows(a: Artifacts, similarity: dict[str, float], kept: list[str]) -> list[dict]:
+    """One row per ability tensor t: key rows, cos(R(A)[t], R(Lj)[t]), transferred or not, and the
+    Frobenius norms of R(A)[t] and R(Lj)[t]."""
+    language = a.language or {}
+    return [{"tensor": name, "key_rows": len(rows), "similarity": similarity.get(name, 0.0), "kept": name in kept,
+             "ability_norm": float(values.float().norm()),
+             "language_norm": float(language[name].float().norm()) if name in language else 0.0}
+            for name, (rows, values) in (a.ability or {}).items()]
 
 
 def headline(s: Settings) -> str:
@@ -598,31 +609,29 @@ def job_summary(s: Settings, result: JobResult) -> dict:
     return {
         "model": s.model.name, "ability": s.ability.name, "lang": s.lang.code, "method": s.method.name,
         "alpha": s.merge.alpha, "beta": s.merge.beta, "seed": s.seed, "seeds": s.report.seeds,
-        "headline": headline(s), "metrics": result.metrics, "metrics_per_seed": result.per_seed,
+        "headline": headline(s), "split": s.eval.split, "metrics": result.metrics, "metrics_per_seed": result.per_seed,
         "testbed": testbed_rows(s, result), "stages": stages, "compute": training_compute(s, result),
         "train_tokens": sum(r.train_tokens for r in result.stages.values() if not r.cached),
-        "transfer": {"similarity": result.similarity, "kept": result.kept},
+        "transfer": {"similarity": result.similarity, "kept": result.kept, "tensors": result.tensors},
         "key_neurons": result.mask_rows,
     }
 
 
 def testbed_flat(summary: dict) -> tuple[list[str], list[list]]:
-    """(columns, rows) of the testbed with one number per cell (for W&B tables and CSV)."""
-    columns, rows = ["model", "seeds"], []
+    """(columns, rows) of the testbed with one number per cell (for W&B tables and CSV); a cell a
+    row does not have (a model's difference to itself) is None."""
+    flat_rows = []
     for r in summary["testbed"]:
-        row = [r["model"], r["seeds"]]
+        flat = {"model": r["model"], "seeds": r["seeds"]}
         for key, cell in r.items():
             if isinstance(cell, dict):
                 fields = ["mean", "low", "high"] if "mean" in cell else ["diff", "low", "high", "p"]
-                row += [cell[f] for f in fields]
-                if len(rows) == 0:
-                    columns += [key if f in ("mean", "diff") else f"{key}/{f}" for f in fields]
+                flat |= {key if f in ("mean", "diff") else f"{key}/{f}": cell[f] for f in fields}
             elif key.startswith("heldout_"):
-                row.append(cell)
-                if len(rows) == 0:
-                    columns.append(key)
-        rows.append(row)
-    return columns, rows
+                flat[key] = cell
+        flat_rows.append(flat)
+    columns = list(dict.fromkeys(c for flat in flat_rows for c in flat))
+    return columns, [[flat.get(c) for c in columns] for flat in flat_rows]
 
 
 def _fmt_interval(cell: dict) -> str:
@@ -674,13 +683,48 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+STAGE_ARTIFACTS = ("base", "locate", "ability", "language", "oracle", "ability_full", "cpt_all")
+
+
+def stage_artifacts(summary: dict, cache: ArtifactCache) -> list[tuple[str, str, Path]]:
+    """(name, type, cache folder) of every weight artifact this job used (W&B references, no upload)."""
+    found = {}
+    for name, record in summary["stages"].items():
+        stage = name.split("/")[0]
+        if stage in STAGE_ARTIFACTS and record["key"] and cache.exists(stage, record["key"]):
+            found[f"{stage}-{record['key']}"] = ("mask" if stage == "locate" else "model" if stage == "base"
+                                                 else "delta", cache.path(stage, record["key"]))
+    return [(name, kind, path) for name, (kind, path) in found.items()]
+
+
+def run_plots(summary: dict, folder: Path) -> dict[str, Path]:
+    """PNG pictures of one run: key neurons and R(A)/R(Lj) similarity per layer x module."""
+    images = {}
+    if summary["key_neurons"]:
+        images["plots/key_neurons"] = plots.key_neuron_plot(summary["key_neurons"], folder / "key_neurons.png")
+    if summary["transfer"]["similarity"]:
+        images["plots/similarity"] = plots.similarity_plot(summary["transfer"]["similarity"],
+                                                           summary["transfer"]["kept"], folder / "similarity.png")
+    return images
+
+
+def _job_num() -> int | None:
+    """This job's number in a multirun (None in a single run or outside Hydra)."""
+    return _hydra_config().job.num if _sweep_group() else None
+
+
+def _hydra_config():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get()
+
+
 def _sweep_group() -> str | None:
     """The multirun's sweep dir name (one W&B group per sweep), None outside a multirun."""
     try:
-        from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        hc = HydraConfig.get()
+        hc = _hydra_config()
         return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
     except Exception:
         return None
@@ -711,11 +755,17 @@ def run(cfg: DictConfig) -> float:
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
         (out / "results.md").write_text(results_table(summary) + "\n")
         evaluate.write_jsonl(result.predictions, out / "predictions.jsonl")
-        tracker.log({**summary["metrics"], "train_tokens": summary["train_tokens"],
+        images = run_plots(summary, out / "plots")
+        tracker.log({**summary["metrics"], "headline": summary["metrics"][headline(s)],
+                     "train_tokens": summary["train_tokens"],
                      **{f"stages/{n}/seconds": r["seconds"] for n, r in summary["stages"].items()}})
         tracker.log_table("testbed", *testbed_flat(summary))
-        tracker.log_table("transfer/similarity", ["tensor", "similarity", "kept"],
-                          [[n, v, n in result.kept] for n, v in result.similarity.items()])
+        if result.tensors:
+            columns = list(result.tensors[0])
+            tracker.log_table("transfer/tensors", columns, [[r[c] for c in columns] for r in result.tensors])
+        tracker.log_images(images)
+        if s.tracker.log_artifacts:
+            tracker.log_artifacts(stage_artifacts(summary, ArtifactCache(s.paths.cache_dir)))
     except BaseException:
         tracker.finish(exit_code=1)
         raise

@@ -1,25 +1,38 @@
 """One table over every job of a sweep: printed and written at the end of every multirun (the
-`SweepReport` Hydra callback), and again on demand: `python -m maet.report <sweep dir>`.
+`SweepReport` Hydra callback), and again on demand: `python -m maet.report <sweep dir> [--wandb]`.
 
-Reads each job's `metrics.json` (jobs without one are listed as failed, not dropped), prints a
-table of lang x method x alpha with accuracy and its 95% interval, the paired difference
-against the language-only model, and training compute relative to cpt_all, and writes it as
-`summary.md` and `summary.csv` into the sweep dir.
+Reads each job's `metrics.json` (jobs without one are listed as failed, not dropped). One row
+per job: lang, method, alpha, seed and the job's other swept overrides (`setting`), with the
+headline accuracy and its 95% interval, the paired difference against the language-only model,
+English accuracy and training compute relative to cpt_all. Jobs that differ only in `seed` are
+also pooled (t interval over all their seeds). Written into the sweep dir as `summary.md`,
+`summary.csv` and PNG plots (accuracy vs alpha and vs any other swept number, methods per
+language); logged to one W&B summary run (a `wandb.Table` and the plots) when the sweep's jobs
+were tracked. After an Optuna sweep (tuned on the dev split), the best trial's overrides are
+run once more on the test split: the only test number that search reports.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
 from tabulate import tabulate
 
-COLUMNS = ["lang", "method", "alpha", "seeds", "accuracy", "low", "high", "vs_language_only", "vs_low", "vs_high",
-           "vs_p", "english", "train_tokens", "vs_cpt_all"]
+from maet import plots
+from maet.stats import mean_interval
+
+COLUMNS = ["job", "lang", "method", "alpha", "seed", "setting", "split", "seeds", "accuracy", "low", "high",
+           "vs_language_only", "vs_low", "vs_high", "vs_p", "english", "train_tokens", "vs_cpt_all"]
+# Keys that have their own column; every other override that varies across the jobs is the row's `setting`.
+OWN_COLUMNS = {"lang", "method", "merge.alpha", "seed"}
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -28,79 +41,240 @@ def job_dirs(sweep: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: (len(p.name), p.name))
 
 
-def job_row(summary: dict) -> dict:
+def job_overrides(job: Path) -> dict[str, str]:
+    """`{key: value}` of a job's command-line overrides (`+`/`++` prefixes dropped)."""
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    pairs = (o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    return {key: value for key, value in pairs if not key.startswith("hydra.")}
+
+
+def varying_keys(overrides: list[dict[str, str]]) -> list[str]:
+    """Override keys whose value is not the same in every job (what the sweep swept)."""
+    keys = list(dict.fromkeys(k for o in overrides for k in o))
+    return [k for k in keys if len({o.get(k) for o in overrides}) > 1]
+
+
+def job_row(summary: dict, job: str = "", setting: str = "") -> dict:
     """The numbers of one job's method (its own testbed row)."""
     row = next(r for r in summary["testbed"] if r["model"] == summary["method"])
     head = row[summary["headline"]]
     english = next((v for k, v in row.items() if isinstance(v, dict) and k.endswith("_en") and "mean" in v), None)
     paired = row.get("vs_language_only") or {}
     return {
-        "lang": summary["lang"], "method": summary["method"], "alpha": summary["alpha"], "seeds": summary["seeds"],
+        "job": job, "lang": summary["lang"], "method": summary["method"], "alpha": summary["alpha"],
+        "seed": summary["seed"], "setting": setting, "split": summary.get("split", "test"), "seeds": summary["seeds"],
         "accuracy": head["mean"], "low": head["low"], "high": head["high"],
         "vs_language_only": paired.get("diff"), "vs_low": paired.get("low"), "vs_high": paired.get("high"),
         "vs_p": paired.get("p"), "english": english["mean"] if english else None,
         "train_tokens": summary["compute"]["tokens"], "vs_cpt_all": summary["compute"]["vs_cpt_all"],
+        "per_seed": head.get("per_seed", [head["mean"]]), "n": summary["metrics"].get(f"{summary['headline']}/n", 0),
     }
 
 
 def collect(sweep: Path) -> tuple[list[dict], list[str]]:
-    """(rows of finished jobs, overrides of jobs that wrote no metrics.json)."""
+    """(rows of finished jobs, `job <num>: <overrides>` of jobs that wrote no metrics.json)."""
+    jobs = job_dirs(sweep)
+    overrides = [job_overrides(job) for job in jobs]
+    swept = [k for k in varying_keys(overrides) if k not in OWN_COLUMNS]
     rows, failed = [], []
-    for job in job_dirs(sweep):
+    for job, over in zip(jobs, overrides):
         metrics = job / "metrics.json"
         if metrics.is_file():
-            rows.append(job_row(json.loads(metrics.read_text())))
+            setting = " ".join(f"{k}={over[k]}" for k in swept if k in over)
+            rows.append(job_row(json.loads(metrics.read_text()), job.name, setting))
         else:
-            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-            failed.append(f"job {job.name}: " + " ".join(overrides))
-    rows.sort(key=lambda r: (r["lang"], r["method"], r["alpha"]))
+            failed.append(f"job {job.name}: " + " ".join(f"{k}={v}" for k, v in over.items()))
+    rows.sort(key=lambda r: (r["lang"], r["method"], r["setting"], r["alpha"], r["seed"]))
     return rows, failed
+
+
+def pooled(rows: list[dict]) -> list[dict]:
+    """Rows that differ only in `seed` pooled into one: mean and 95% t interval over all their
+    seeds. Empty when no two jobs differ only in seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["lang"], r["method"], r["setting"], r["alpha"]), []).append(r)
+    if all(len(g) == 1 for g in groups.values()):
+        return []
+    out = []
+    for (lang, method, setting, alpha), group in groups.items():
+        values = [v for r in group for v in r["per_seed"]]
+        mean, low, high = mean_interval(values, int(group[0]["n"]))
+        out.append({"lang": lang, "method": method, "setting": setting, "alpha": alpha, "jobs": len(group),
+                    "seeds": len(values), "accuracy": mean, "low": low, "high": high})
+    return out
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
     return "" if x is None else (f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}")
 
 
+def _paired(r: dict) -> str:
+    if r["vs_language_only"] is None:
+        return ""
+    return (f"{_pct(r['vs_language_only'], True)} [{_pct(r['vs_low'], True)}, {_pct(r['vs_high'], True)}] "
+            f"p={r['vs_p']:.3f}")
+
+
 def markdown(rows: list[dict], failed: list[str]) -> str:
-    body = [[r["lang"], r["method"], r["alpha"], r["seeds"],
+    show_setting = any(r["setting"] for r in rows)
+    body = [[r["lang"], r["method"], *([r["setting"]] if show_setting else []), r["alpha"], r["seed"], r["seeds"],
              f"{_pct(r['accuracy'])} [{_pct(r['low'])}, {_pct(r['high'])}]",
-             "" if r["vs_language_only"] is None else
-             f"{_pct(r['vs_language_only'], True)} [{_pct(r['vs_low'], True)}, {_pct(r['vs_high'], True)}] p={r['vs_p']:.3f}",
+             _paired(r),
              _pct(r["english"]), f"{r['train_tokens']:,}", f"{r['vs_cpt_all']:.2f}"] for r in rows]
-    headers = ["lang", "method", "alpha", "seeds", "accuracy % [95% CI]", "Δ vs language_only [95% CI]",
-               "English %", "train tokens", "compute / cpt_all"]
+    headers = ["lang", "method", *(["setting"] if show_setting else []), "alpha", "seed", "seeds",
+               "accuracy % [95% CI]", "Δ vs language_only [95% CI]", "English %", "train tokens", "compute / cpt_all"]
     text = tabulate(body, headers=headers, tablefmt="github")
+    dev = [r["job"] for r in rows if r["split"] == "dev"]
+    if dev:
+        text = f"Accuracy on the dev split (eval.split=dev) in jobs {', '.join(dev)}; never a test number.\n\n" + text
+    pool = pooled(rows)
+    if pool:
+        text += "\n\nPooled over jobs that differ only in seed:\n" + tabulate(
+            [[p["lang"], p["method"], *([p["setting"]] if show_setting else []), p["alpha"], p["jobs"], p["seeds"],
+              f"{_pct(p['accuracy'])} [{_pct(p['low'])}, {_pct(p['high'])}]"] for p in pool],
+            headers=["lang", "method", *(["setting"] if show_setting else []), "alpha", "jobs", "seeds",
+                     "accuracy % [95% CI]"], tablefmt="github")
     if failed:
         text += "\n\nFailed jobs (no metrics.json):\n" + "\n".join(f"- {f}" for f in failed)
     return text
 
 
+def sweep_plots(rows: list[dict], folder: Path) -> dict[str, Path]:
+    """PNG plots of a sweep: accuracy vs alpha and vs every other swept number, methods per language."""
+    images = {}
+    if len({r["alpha"] for r in rows}) > 1:
+        images["sweep/accuracy_vs_alpha"] = plots.curve(rows, "alpha", folder / "accuracy_vs_alpha.png")
+    for key, points in numeric_settings(rows).items():
+        images[f"sweep/accuracy_vs_{key}"] = plots.curve(points, key, folder / f"accuracy_vs_{key}.png")
+    pairs = [(r["lang"], r["method"]) for r in rows]
+    if len({r["method"] for r in rows}) > 1 and len(set(pairs)) == len(pairs):  # one bar per (lang, method)
+        images["sweep/methods"] = plots.method_bars(rows, folder / "methods.png")
+    return images
+
+
+def numeric_settings(rows: list[dict]) -> dict[str, list[dict]]:
+    """For every swept key whose values are all numbers (e.g. locate.ratio): rows with that value as a column."""
+    values: dict[str, list[str]] = {}
+    for r in rows:
+        for pair in r["setting"].split():
+            key, value = pair.split("=", 1)
+            values.setdefault(key, []).append(value)
+    out = {}
+    for key, vals in values.items():
+        try:
+            numbers = [float(v) for v in vals]
+        except ValueError:
+            continue
+        if len(numbers) == len(rows) and len(set(numbers)) > 1:
+            out[key] = [{**r, key: x, "setting": _without(r["setting"], key)} for r, x in zip(rows, numbers)]
+    return out
+
+
+def _without(setting: str, key: str) -> str:
+    return " ".join(pair for pair in setting.split() if not pair.startswith(f"{key}="))
+
+
 def write(sweep: Path) -> str:
-    """Aggregate the sweep dir; write summary.md / summary.csv there; return the markdown."""
+    """Aggregate the sweep dir; write summary.md, summary.csv and plots there; return the markdown."""
+    text, _, _ = build(sweep)
+    return text
+
+
+def build(sweep: Path) -> tuple[str, list[dict], dict[str, Path]]:
+    """(markdown, rows, plots) of a sweep dir, all written into it."""
     rows, failed = collect(sweep)
     text = markdown(rows, failed)
     (sweep / "summary.md").write_text(text + "\n")
     with open(sweep / "summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return text
+    images = sweep_plots(rows, sweep / "plots") if rows else {}
+    return text, rows, images
+
+
+def log_summary_run(sweep: Path, rows: list[dict], images: dict[str, Path], tracker: dict) -> None:
+    """One W&B run (job_type sweep-summary, the sweep's group) with the table and the plots.
+    A tracker failure is one warning; the files in the sweep dir are the record."""
+    try:
+        import wandb
+
+        run = wandb.init(project=tracker.get("project", "maet"), entity=tracker.get("entity"),
+                         group=tracker.get("group") or sweep.name, job_type="sweep-summary",
+                         name=f"summary-{sweep.name}", mode=tracker.get("mode", "offline"), dir=str(sweep),
+                         reinit="finish_previous", config={"sweep_dir": str(sweep), "jobs": len(rows)})
+        run.log({"sweep/results": wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in rows]),
+                 **{name: wandb.Image(str(path)) for name, path in images.items()}})
+        run.finish()
+    except Exception as err:
+        warnings.warn(f"W&B: could not log the sweep summary run: {err}; {sweep}/summary.csv has the table")
+
+
+def tracked(config) -> dict | None:
+    """The sweep's tracker settings when its jobs log to W&B, else None."""
+    tracker = config.get("tracker") or {}
+    if tracker.get("name") == "none" or tracker.get("mode") == "disabled":
+        return None
+    return dict(tracker)
+
+
+def best_on_test(config, sweep: Path) -> Path | None:
+    """After an Optuna sweep: run the best trial's overrides once on the test split (one job in
+    `<sweep>/best_on_test`); returns its run dir."""
+    results = sweep / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    best = (yaml.safe_load(results.read_text()) or {}).get("best_params") or {}
+    task = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in best]
+    run_dir = sweep / "best_on_test"
+    from maet.config import PROJECT_ROOT
+
+    args = [*task, *(f"{k}={v}" for k, v in best.items()), "eval.split=test", f"hydra.run.dir={run_dir}"]
+    print(f"\nOptuna best (dev split): {best}; evaluating it once on the test split:\n  launch.py {' '.join(args)}")
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], text=True)
+    if proc.returncode != 0:
+        warnings.warn(f"the test run of the best trial failed (exit code {proc.returncode}); see {run_dir}")
+        return run_dir
+    row = job_row(json.loads((run_dir / "metrics.json").read_text()), "best_on_test")
+    line = (f"Best trial on the test split (chosen on dev, evaluated once): {best} -> "
+            f"{_pct(row['accuracy'])}% [{_pct(row['low'])}, {_pct(row['high'])}] ({run_dir})")
+    print(line)
+    with open(sweep / "summary.md", "a") as fh:
+        fh.write(f"\n{line}\n")
+    return run_dir
 
 
 class SweepReport(Callback):
-    """Hydra callback: at the end of a multirun, print and write the sweep's table."""
+    """Hydra callback: at the end of a multirun, print and write the sweep's table and plots, log
+    them to a W&B summary run, and after an Optuna search evaluate its best trial on the test split."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        if sweep.is_dir():
-            print(f"\nSweep summary ({sweep}):\n" + write(sweep))
+        if not sweep.is_dir():
+            return
+        text, rows, images = build(sweep)
+        print(f"\nSweep summary ({sweep}):\n{text}")
+        if images:
+            print("plots: " + ", ".join(str(p) for p in images.values()))
+        tracker = tracked(config)
+        if tracker is not None:
+            log_summary_run(sweep, rows, images, tracker)
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")):
+            best_on_test(config, sweep)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m maet.report <sweep dir>", file=sys.stderr)
-        return 2
-    print(write(Path(argv[0])))
+    parser = argparse.ArgumentParser(prog="python -m maet.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--wandb", choices=["offline", "online"], help="also log a W&B summary run")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"not a directory: {args.sweep_dir}")
+    text, rows, images = build(args.sweep_dir)
+    print(text)
+    if args.wandb:
+        log_summary_run(args.sweep_dir, rows, images, {"mode": args.wandb})
     return 0
 
 

@@ -203,6 +203,8 @@ class EvalSettings:
     filter: str = "flexible-extract"
     heldout: bool = True
     seed: int = 1234
+    split: str = "test"       # test | dev (dev: eval.dev_size items set aside for tuning, never in test)
+    dev_size: int = 0
 
 
 @dataclass
@@ -213,6 +215,7 @@ class TrackerSettings:
     mode: str = "offline"
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    log_artifacts: bool = True
 
 
 @dataclass
@@ -418,6 +421,13 @@ def validate(s: Settings) -> None:
     else:
         _choice("eval.filter", ev.filter, ("flexible-extract", "strict-match"))
         _choice("eval.task_family", ev.task_family, ("mgsm_native_cot", "mgsm_direct", "mgsm_en_cot"))
+    _choice("eval.split", ev.split, ("test", "dev"))
+    _check("eval.dev_size", ev.dev_size, ev.dev_size >= 0, "an integer >= 0 (0: no dev split)")
+    if ev.split == "dev":
+        _check("eval.dev_size", ev.dev_size, ev.dev_size > 0, "an integer >= 1 with eval.split=dev")
+    if ev.dev_size:
+        _check("eval.dev_size", ev.dev_size, ev.benchmark == "arith" or (ev.benchmark, ev.source) == ("mgsm", "local"),
+               "0 unless eval.benchmark=arith or eval.benchmark=mgsm with eval.source=local (items we can split)")
     mgsm_dir = Path(s.paths.data_dir) / "mgsm"
     for code in ev.langs if ev.benchmark == "mgsm" and ev.source == "local" else []:
         _check("eval.langs", code, (mgsm_dir / f"mgsm_{code}.tsv").is_file(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 from maet.settings import TrackerSettings
@@ -30,6 +31,12 @@ class NoTracker:
         pass
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def log_images(self, images: dict[str, Path]) -> None:
+        pass
+
+    def log_artifacts(self, artifacts: list[tuple[str, str, Path]]) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
@@ -60,6 +67,18 @@ class WandbTracker:
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         self._safely(f"log table {name}",
                      lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
+
+    def log_images(self, images: dict[str, Path]) -> None:
+        self._safely("log images", lambda: self.run.log({k: self._wandb.Image(str(p)) for k, p in images.items()}))
+
+    def log_artifacts(self, artifacts: list[tuple[str, str, Path]]) -> None:
+        """Cache entries as artifacts by reference (`file://` URIs): W&B records paths, uploads nothing."""
+        def _log():
+            for name, kind, folder in artifacts:
+                artifact = self._wandb.Artifact(name, type=kind)
+                artifact.add_reference(f"file://{Path(folder).resolve()}", checksum=False)
+                self.run.log_artifact(artifact)
+        self._safely("log artifacts", _log)
 
     def finish(self, exit_code: int = 0) -> None:
         self._safely("finish the run", lambda: self.run.finish(exit_code=exit_code))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from maet import report
 from maet.config import PROJECT_ROOT
@@ -160,3 +161,43 @@ def test_ablations_run_end_to_end(tmp_path):
     assert by_ablation["score_weight_change"]["stages"]["locate"]["train_tokens"] == 256
     assert by_ablation["score_activation"]["stages"]["locate"]["train_tokens"] == 2 * 256  # ability and general
     assert by_ablation["no_subtract"]["stages"]["ability"]["train_tokens"] == 512  # θ_A only
+
+
+def test_user_sweep_on_the_local_submitit_launcher_gives_table_plots_and_wandb_summary(tmp_path):
+    """The 2x2 sweep with jobs running concurrently in submitit's local executor: every job
+    finishes, shared artifacts are published once per key, the sweep dir gets the table, the plots
+    and an offline W&B summary run holding the table."""
+    sweep = tmp_path / "sweep"
+    launch("-m", "hydra/launcher=submitit_local", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, *LEAN,
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert sorted((j["lang"], j["alpha"]) for j in jobs) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
+    assert len({j["stages"]["ability"]["key"] for j in jobs}) == 1
+    for stage in ("base", "locate", "ability", "language"):
+        entries = [p for p in (tmp_path / "cache" / stage).iterdir()]
+        assert all(not p.name.startswith(".tmp") for p in entries), f"a partial {stage} entry was left behind"
+        assert len(entries) == (2 if stage == "language" else 1)
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert sorted((r["lang"], float(r["alpha"])) for r in rows) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
+    assert (sweep / "plots" / "accuracy_vs_alpha.png").stat().st_size > 0
+    for job in range(4):
+        assert (sweep / str(job) / "plots" / "similarity.png").is_file()
+    tables = list(sweep.glob("wandb/offline-run-*/files/media/table/sweep/results_*.table.json"))
+    assert len(tables) == 1 and len(json.loads(tables[0].read_text())["data"]) == 4
+
+
+def test_optuna_search_tunes_on_dev_and_reports_the_best_trial_once_on_test(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = launch("-m", "+sweep=optuna", "hydra.sweeper.n_trials=2", "eval.dev_size=6", *SMALL, "tracker=none",
+                  f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
+    assert len(trials) == 2 and all(t["split"] == "dev" for t in trials)
+    assert all(t["metrics"]["arith_sw/n"] == 6 for t in trials)  # dev items only
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"]
+    final = json.loads((sweep / "best_on_test" / "metrics.json").read_text())
+    assert final["split"] == "test" and final["metrics"]["arith_sw/n"] == 16 - 6  # the test items, none of dev
+    assert final["alpha"] == pytest.approx(best["merge.alpha"])
+    dev_items = {p["doc_id"] for p in map(json.loads, (sweep / "0" / "predictions.jsonl").read_text().splitlines())}
+    assert len(dev_items) == 6
+    assert "Best trial on the test split" in proc.stdout
+    assert "Best trial on the test split" in (sweep / "summary.md").read_text()

@@ -1,0 +1,233 @@
+"""The sweep table, its plots, the W&B summary run, the per-run pictures, and the sweep presets."""
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import load
+from omegaconf import OmegaConf
+
+from maet import pipeline, plots, report
+from maet.config import PROJECT_ROOT
+from maet.evaluate import split_items
+from maet.settings import ConfigError, EvalSettings
+
+
+def fake_summary(lang: str, method: str, alpha: float, seed: int, per_seed: list[float]) -> dict:
+    """The fields of a metrics.json that the sweep table reads."""
+    mean = sum(per_seed) / len(per_seed)
+    cell = {"mean": mean, "low": max(0.0, mean - 0.1), "high": min(1.0, mean + 0.1), "per_seed": per_seed}
+    return {"lang": lang, "method": method, "alpha": alpha, "seed": seed, "seeds": len(per_seed), "split": "test",
+            "headline": f"arith_{lang}", "metrics": {f"arith_{lang}": mean, f"arith_{lang}/n": 50},
+            "testbed": [{"model": method, f"arith_{lang}": cell, "arith_en": {**cell, "mean": 0.8},
+                         "vs_language_only": {"diff": 0.02, "low": -0.01, "high": 0.05, "p": 0.4, "n": 50}}],
+            "compute": {"tokens": 1000, "vs_cpt_all": 1.02}}
+
+
+def make_sweep(root: Path, jobs: list[tuple[list[str], dict | None]]) -> Path:
+    """A multirun dir as Hydra writes it: `<num>/.hydra/overrides.yaml` (+ metrics.json unless None)."""
+    for num, (overrides, summary) in enumerate(jobs):
+        (root / str(num) / ".hydra").mkdir(parents=True)
+        (root / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        if summary is not None:
+            (root / str(num) / "metrics.json").write_text(json.dumps(summary))
+    return root
+
+
+def test_sweep_table_lists_every_job_pools_seeds_and_names_failed_jobs(tmp_path):
+    jobs = []
+    for lang in ("sw", "bn"):
+        for alpha in (0.5, 1.0):
+            for seed in (0, 1):
+                over = [f"merge.alpha={alpha}", f"lang={lang}", f"seed={seed}", "report.seeds=2"]
+                jobs.append((over, fake_summary(lang, "maet", alpha, seed, [0.1 * (seed + 1), 0.2 * alpha])))
+    jobs.append((["merge.alpha=2.0", "lang=sw", "seed=0", "report.seeds=2"], None))  # crashed: no metrics.json
+    sweep = make_sweep(tmp_path, jobs)
+
+    text = report.write(sweep)
+    assert "Failed jobs" in text and "job 8: merge.alpha=2.0 lang=sw seed=0 report.seeds=2" in text
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == 8
+    assert {(r["lang"], float(r["alpha"]), int(r["seed"])) for r in rows} == \
+        {(lang, a, s) for lang in ("sw", "bn") for a in (0.5, 1.0) for s in (0, 1)}
+    assert all(r["setting"] == "" for r in rows)  # only lang, alpha, seed varied
+    # jobs that differ only in seed are pooled: 2 jobs x 2 seeds each
+    pooled = report.pooled(report.collect(sweep)[0])
+    assert len(pooled) == 4 and all(p["jobs"] == 2 and p["seeds"] == 4 for p in pooled)
+    sw_half = next(p for p in pooled if (p["lang"], p["alpha"]) == ("sw", 0.5))
+    assert sw_half["accuracy"] == pytest.approx((0.1 + 0.1 + 0.2 + 0.1) / 4)
+    assert sw_half["low"] < sw_half["accuracy"] < sw_half["high"]
+    assert "Pooled over jobs that differ only in seed" in text
+    assert (sweep / "plots" / "accuracy_vs_alpha.png").stat().st_size > 0
+
+
+def test_other_swept_keys_become_the_setting_and_get_a_curve(tmp_path):
+    jobs = [([f"locate.ratio={r}", "lang=sw", "tracker=none"], fake_summary("sw", "maet", 1.0, 0, [r]))
+            for r in (0.01, 0.05, 0.2)]
+    sweep = make_sweep(tmp_path, jobs)
+    rows, failed = report.collect(sweep)
+    assert not failed and [r["setting"] for r in rows] == ["locate.ratio=0.01", "locate.ratio=0.05", "locate.ratio=0.2"]
+    images = report.sweep_plots(rows, sweep / "plots")
+    assert set(images) == {"sweep/accuracy_vs_locate.ratio"} and images["sweep/accuracy_vs_locate.ratio"].is_file()
+
+
+def test_method_bars_when_methods_are_swept(tmp_path):
+    jobs = [([f"method={m}", f"lang={lang}"], fake_summary(lang, m, 1.0, 0, [0.3]))
+            for m in ("maet", "ties", "base") for lang in ("sw", "bn")]
+    rows, _ = report.collect(make_sweep(tmp_path, jobs))
+    assert set(report.sweep_plots(rows, tmp_path / "plots")) == {"sweep/methods"}
+
+
+def _callback_config(sweep: Path, tracker: dict) -> OmegaConf:
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    hydra = {"sweep": {"dir": str(sweep)}, "sweeper": {"_target_": basic}}
+    return OmegaConf.create({"hydra": hydra, "tracker": tracker})
+
+
+def test_callback_writes_table_and_plots_and_an_offline_wandb_summary_run(tmp_path, capsys):
+    jobs = [([f"merge.alpha={a}", "lang=sw"], fake_summary("sw", "maet", a, 0, [a / 2])) for a in (0.0, 0.5, 1.0)]
+    sweep = make_sweep(tmp_path / "sweep", jobs)
+    tracker = {"name": "wandb", "project": "maet", "entity": None, "mode": "offline", "group": None}
+    report.SweepReport().on_multirun_end(_callback_config(sweep, tracker))
+    out = capsys.readouterr().out
+    assert "Sweep summary" in out and "accuracy % [95% CI]" in out and (sweep / "summary.md").is_file()
+    assert (sweep / "plots" / "accuracy_vs_alpha.png").is_file()
+    tables = list(sweep.glob("wandb/offline-run-*/files/media/table/sweep/results_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == report.COLUMNS and len(table["data"]) == 3
+    assert list(sweep.glob("wandb/offline-run-*/files/media/images/sweep/accuracy_vs_alpha_*.png"))
+
+
+def test_callback_survives_a_failing_tracker_with_one_warning(tmp_path, monkeypatch):
+    import wandb
+
+    def refuse(**kwargs):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    sweep = make_sweep(tmp_path, [(["lang=sw"], fake_summary("sw", "maet", 1.0, 0, [0.5]))])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report.SweepReport().on_multirun_end(_callback_config(sweep, {"name": "wandb", "mode": "online"}))
+    messages = [str(w.message) for w in caught if "W&B" in str(w.message)]
+    assert len(messages) == 1 and "unreachable" in messages[0]
+    assert (sweep / "summary.csv").is_file()
+
+
+def test_no_wandb_summary_run_when_tracking_is_off(tmp_path):
+    sweep = make_sweep(tmp_path, [(["lang=sw"], fake_summary("sw", "maet", 1.0, 0, [0.5]))])
+    report.SweepReport().on_multirun_end(_callback_config(sweep, {"name": "none", "mode": "disabled"}))
+    assert (sweep / "summary.md").is_file() and not (sweep / "wandb").exists()
+
+
+def test_report_cli_rebuilds_an_existing_sweep(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, [(["lang=sw"], fake_summary("sw", "maet", 1.0, 0, [0.5])), (["lang=bn"], None)])
+    assert report.main([str(sweep)]) == 0
+    assert "job 1: lang=bn" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "missing")])
+
+
+# ----------------------------------------------------------------------------- per-run pictures and tables
+def test_tensor_names_map_to_layer_and_module():
+    assert plots.layer_module("model.layers.3.mlp.down_proj.weight") == (3, "down_proj")
+    assert plots.layer_module("model.language_model.layers.12.self_attn.q_proj.weight") == (12, "q_proj")
+    assert plots.layer_module("model.embed_tokens.weight") is None
+    layers, modules, grid = plots.tensor_grid({"model.layers.1.mlp.up_proj.weight": 2.0,
+                                               "model.layers.0.self_attn.q_proj.weight": 1.0})
+    assert layers == [0, 1] and modules == ["q_proj", "up_proj"] and grid == [[1.0, None], [None, 2.0]]
+
+
+def test_run_plots_are_png_files(tmp_path):
+    names = [f"model.layers.{i}.{m}.weight" for i in range(3) for m in ("self_attn.q_proj", "mlp.down_proj")]
+    summary = {"key_neurons": {n: 4 + i for i, n in enumerate(names)},
+               "transfer": {"similarity": {n: 0.1 * i - 0.2 for i, n in enumerate(names)}, "kept": names[:2]}}
+    images = pipeline.run_plots(summary, tmp_path)
+    assert set(images) == {"plots/key_neurons", "plots/similarity"}
+    for path in images.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pipeline.run_plots({"key_neurons": {}, "transfer": {"similarity": {}, "kept": []}}, tmp_path) == {}
+
+
+def test_testbed_columns_line_up_when_rows_lack_a_comparison():
+    cell = {"mean": 0.5, "low": 0.4, "high": 0.6, "per_seed": [0.5]}
+    paired = {"diff": 0.1, "low": 0.0, "high": 0.2, "p": 0.3, "n": 10}
+    bpb = "heldout_sw/bits_per_byte"
+    summary = {"testbed": [{"model": "maet", "seeds": 1, "arith_sw": cell, "vs_base": paired, bpb: 1.5},
+                           {"model": "base", "seeds": 1, "arith_sw": cell, bpb: 1.7}]}
+    columns, rows = pipeline.testbed_flat(summary)
+    assert columns == ["model", "seeds", "arith_sw", "arith_sw/low", "arith_sw/high", "vs_base", "vs_base/low",
+                       "vs_base/high", "vs_base/p", "heldout_sw/bits_per_byte"]
+    assert all(len(r) == len(columns) for r in rows)
+    assert rows[1][columns.index("vs_base")] is None and rows[1][-1] == 1.7
+
+
+# ----------------------------------------------------------------------------- dev split
+def test_dev_and_test_splits_are_disjoint_and_cover_the_items():
+    items = [{"q": i} for i in range(40)]
+    dev = split_items(items, EvalSettings(split="dev", dev_size=10))
+    test = split_items(items, EvalSettings(split="test", dev_size=10))
+    assert len(dev) == 10 and len(test) == 30
+    assert sorted(x["q"] for x in dev + test) == list(range(40))
+    assert split_items(items, EvalSettings(split="dev", dev_size=10)) == dev  # same seed, same split
+    assert split_items(items, EvalSettings(split="dev", dev_size=10, seed=7)) != dev
+    assert split_items(items, EvalSettings()) == items
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["eval.split=dev"], "eval.dev_size"),            # dev split without dev items
+    (["eval.split=train", "eval.dev_size=5"], "eval.split"),
+    (["eval.dev_size=-1"], "eval.dev_size"),
+    (["eval=global_mmlu_stem", "ability=science", "eval.dev_size=5"], "eval.dev_size"),  # hub task: cannot split
+])
+def test_bad_dev_split_settings_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load(*overrides)
+    assert err.value.key == key
+
+
+# ----------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (PROJECT_ROOT / "conf" / "sweep").glob("*.yaml")))
+def test_every_hydra_sweep_preset_composes_to_valid_jobs(preset):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+sweep={preset}"], return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert "lang" in params or preset == "optuna"
+    load(f"+sweep={preset}")  # the preset's own keys validate
+    if preset != "optuna":  # the first and last point of every swept key validate
+        for pick in (0, -1):
+            load(f"+sweep={preset}", *(f"{k}={str(v).split(',')[pick]}" for k, v in params.items()))
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_wandb_sweep_file_calls_launch_py_with_valid_overrides(path):
+    spec = yaml.safe_load(path.read_text())
+    assert spec["program"] == "launch.py" and "${args_no_hyphens}" in spec["command"]
+    assert spec["metric"]["name"] == "headline"
+    firsts = {key: p["values"][0] if "values" in p else p["value"] for key, p in spec["parameters"].items()}
+    overrides = [f"{k}={v}" for k, v in firsts.items() if k != "tracker.mode"]
+    load(*overrides)
+    lasts = [f"{k}={p['values'][-1]}" for k, p in spec["parameters"].items() if "values" in p]
+    load(*lasts)
+
+
+def test_launcher_presets_compose():
+    from hydra import compose, initialize_config_dir
+
+    from maet.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        slurm = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        local = compose("config", overrides=["hydra/launcher=local_parallel"], return_hydra_config=True)
+        optuna = compose("config", overrides=["+sweep=optuna"], return_hydra_config=True)
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
+    assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 2
+    assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.eval.split == "dev"
+    assert set(optuna.hydra.sweeper.params) == {"merge.alpha", "transfer.tau"}
