@@ -231,3 +231,18 @@ def test_launcher_presets_compose():
     assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 2
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.eval.split == "dev"
     assert set(optuna.hydra.sweeper.params) == {"merge.alpha", "transfer.tau"}
+
+
+def test_parallel_jobs_get_one_gpu_each(monkeypatch):
+    import torch
+
+    from maet.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [str(resolve_device("auto", k)) for k in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3",
+                                                                  "cuda:0", "cuda:1"]
+    assert str(resolve_device("auto")) == "cuda"  # a single run: the default device
+    assert str(resolve_device("cpu", 3)) == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert str(resolve_device("cuda", 3)) == "cuda"
