@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import lm_eval
@@ -55,7 +56,7 @@ def mgsm_file_fingerprint(data_dir: Path, lang: str) -> dict:
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel jobs write the same files
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
     return path
