@@ -1,9 +1,12 @@
 """MAET entry point: `python launch.py [overrides]` or `python launch.py -m <sweep overrides>`."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from maet.config import register_resolvers
+from maet.config import PROJECT_ROOT, register_resolvers
+from maet.settings import ConfigError, check_group_overrides
 
 register_resolvers()
 
@@ -16,4 +19,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:  # a mistyped group choice gets key, value, the options and a did-you-mean, not Hydra's trace
+        check_group_overrides(sys.argv[1:], PROJECT_ROOT / "conf")
+    except ConfigError as err:
+        sys.exit(f"Error: {err}")
     main()

@@ -1,26 +1,41 @@
 """The artifact cache: each stage's output under a key that hashes exactly what it depends on.
 
 Layout: `<cache_dir>/<stage>/<key>/` holding `tensors.safetensors` (optional), `meta.json`
-(config, inputs, versions, timings, token counts) and any extra files a stage saves (a model
-folder). An entry is written into a temporary folder and published by one atomic rename, so a
-killed run never leaves a half-written entry that a later run trusts. Never pickle.
+(config, inputs, versions, timings, token counts, and the sha256 of every other file of the
+entry) and any extra files a stage saves (a model folder). Safe against crashes and races:
+
+- an entry is written into a temporary folder, fsynced and published by one atomic rename, so
+  a killed run never leaves a half-written entry under its final name;
+- `ready()` verifies every file's checksum before an entry is used; a corrupted entry is
+  removed with one warning and its stage computes it again;
+- `lock()` is a per-entry file lock (released by the OS if the holder is killed): two jobs that
+  need the same artifact compute it once, the second waits and then reads it.
+
+Never pickle: tensors are safetensors, metadata is JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 META, TENSORS = "meta.json", "tensors.safetensors"
+CHECKSUMS = "sha256"  # meta.json key: {relative file path: sha256 hex digest}
+
+log = logging.getLogger(__name__)
 
 
 def artifact_key(stage: str, config: Any, inputs: dict[str, str] | None = None) -> str:
@@ -28,6 +43,17 @@ def artifact_key(stage: str, config: Any, inputs: dict[str, str] | None = None) 
     payload = json.dumps({"stage": stage, "config": config, "inputs": inputs or {}},
                          sort_keys=True, default=str, ensure_ascii=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` except meta.json, by relative path."""
+    return {p.relative_to(folder).as_posix(): file_sha256(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META}
 
 
 class ArtifactCache:
@@ -46,9 +72,64 @@ class ArtifactCache:
     def tensors(self, stage: str, key: str) -> dict[str, torch.Tensor]:
         return load_file(self.path(stage, key) / TENSORS)
 
+    @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the entry's lock: whoever holds it is the only one to compute or check the entry."""
+        folder = self.root / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder / f".{key}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except TimeoutError:
+            log.info("waiting for another job that holds %s/%s", stage, key)
+            lock.acquire()
+        try:
+            _remove_stale_temps(folder, key)  # left by a killed writer: only a lock holder writes temps
+            yield
+        finally:
+            lock.release()
+
+    def problem(self, stage: str, key: str) -> str | None:
+        """Why the published entry cannot be trusted (unreadable meta, missing or changed file), or None."""
+        folder = self.path(stage, key)
+        try:
+            meta = json.loads((folder / META).read_text())
+        except (OSError, ValueError) as err:
+            return f"{META} unreadable ({type(err).__name__}: {err})"
+        if not isinstance(meta, dict):
+            return f"{META} is not an object"
+        # entries published before checksums existed have none (they were published atomically)
+        for name, digest in meta.get(CHECKSUMS, {}).items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if file_sha256(path) != digest:
+                return f"{name} does not match its sha256 in {META}"
+        return None
+
+    def ready(self, stage: str, key: str) -> bool:
+        """True if a verified entry is there; a corrupted one is removed with a warning (-> False)."""
+        folder = self.path(stage, key)
+        if not folder.exists():
+            return False
+        problem = self.problem(stage, key)
+        if problem is None:
+            return True
+        warnings.warn(f"cache entry {folder} is corrupted ({problem}); removing it and computing it again")
+        self.discard(stage, key)
+        return False
+
+    def discard(self, stage: str, key: str) -> None:
+        """Remove an entry: renamed away first (atomic), then deleted."""
+        folder = self.path(stage, key)
+        aside = folder.with_name(f".discard-{key}-{os.getpid()}")
+        os.rename(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+
     def save(self, stage: str, key: str, meta: dict, tensors: dict[str, torch.Tensor] | None = None,
              write_extra: Callable[[Path], None] | None = None) -> Path:
-        """Publish an entry atomically; if another writer published it first, keep theirs."""
+        """Publish an entry atomically, with the sha256 of its files in meta.json; if another
+        writer published a valid entry first, keep theirs."""
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
@@ -57,16 +138,25 @@ class ArtifactCache:
                 save_file(_unshared(tensors), tmp / TENSORS)
             if write_extra is not None:
                 write_extra(tmp)
+            meta = {**meta, CHECKSUMS: checksums(tmp)}
             (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
             _fsync_tree(tmp)
+            if final.exists():
+                self.ready(stage, key)  # removes a corrupted entry in the way
             try:
                 os.rename(tmp, final)
             except OSError:
                 if not self.exists(stage, key):
                     raise
+            _fsync_dir(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+
+def _remove_stale_temps(folder: Path, key: str) -> None:
+    for stale in folder.glob(f".tmp-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,6 +175,17 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        _fsync_dir(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename or new file in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def pack_rows(delta: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ def mgsm_file_fingerprint(data_dir: Path, lang: str) -> dict:
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel jobs may write the same file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel jobs write the same files
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
     return path

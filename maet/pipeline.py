@@ -8,9 +8,10 @@ not depend on the ability, so a sweep over `lang` and `merge.alpha` computes eac
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
-import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,32 +196,38 @@ def base_model(ctx: Context):
         return model, tokenizer, key
 
     key = artifact_key("base", base_config(s))
-    cached = ctx.cache.exists("base", key)
-    stats = extract.TrainStats()
-    if not cached:
-        sc = m.scratch
-        tokenizer_text, pretrain_text = _scratch_text(s, ctx.world)
-        tokenizer = train_tokenizer(tokenizer_text, sc.vocab_size)
-        model = build_scratch_model(sc, tokenizer, sc.seed).to(ctx.device)
-        if sc.pretrain_tokens:
-            names = [n for n, _ in model.named_parameters()]
-            batches = data.batches(pretrain_text, tokenizer, tokens=sc.pretrain_tokens, batch_size=s.train.batch_size,
-                                   seq_len=s.train.seq_len, seed=sc.seed)
-            delta, stats = extract.train_full(model, names, batches, _steps(sc.pretrain_tokens, s), sc.pretrain_lr,
-                                              s.train, "base: pre-training")
-            transfer.load_weights(model, {n: p.detach() + delta[n].to(p.device) for n, p in model.named_parameters()})
-
-        def write(folder: Path) -> None:
-            model.save_pretrained(folder / "model")
-            tokenizer.save_pretrained(folder / "model")
-
-        meta = {"stage": "base", "name": m.name, "params": model.num_parameters(), "config": base_config(s),
-                "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
-        ctx.cache.save("base", key, meta, write_extra=write)
+    with ctx.cache.lock("base", key):
+        cached = ctx.cache.ready("base", key)
+        stats = extract.TrainStats() if cached else _build_base(ctx, key)
     folder = ctx.cache.path("base", key) / "model"
     model, tokenizer = load_pretrained(str(folder), dataclasses.replace(m, trust_remote_code=False), ctx.device)
     ctx.record("base", cached=cached, start=start, key=key, trained=None if cached else stats)
     return model, tokenizer, key
+
+
+def _build_base(ctx: Context, key: str) -> extract.TrainStats:
+    """Build (and pre-train) a scratch base and publish it in the cache under `key`."""
+    s, m, stats = ctx.settings, ctx.settings.model, extract.TrainStats()
+    sc = m.scratch
+    tokenizer_text, pretrain_text = _scratch_text(s, ctx.world)
+    tokenizer = train_tokenizer(tokenizer_text, sc.vocab_size)
+    model = build_scratch_model(sc, tokenizer, sc.seed).to(ctx.device)
+    if sc.pretrain_tokens:
+        names = [n for n, _ in model.named_parameters()]
+        batches = data.batches(pretrain_text, tokenizer, tokens=sc.pretrain_tokens, batch_size=s.train.batch_size,
+                               seq_len=s.train.seq_len, seed=sc.seed)
+        delta, stats = extract.train_full(model, names, batches, _steps(sc.pretrain_tokens, s), sc.pretrain_lr,
+                                          s.train, "base: pre-training")
+        transfer.load_weights(model, {n: p.detach() + delta[n].to(p.device) for n, p in model.named_parameters()})
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "model")
+
+    meta = {"stage": "base", "name": m.name, "params": model.num_parameters(), "config": base_config(s),
+            "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
+    ctx.cache.save("base", key, meta, write_extra=write)
+    return stats
 
 
 # ----------------------------------------------------------------------------- cached stages
@@ -229,15 +236,23 @@ def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) 
     `compute() -> (tensors, TrainStats, extra meta)`, saved before they are returned."""
     start = time.perf_counter()
     key = artifact_key(stage, config, inputs)
-    if ctx.cache.exists(stage, key):
-        ctx.record(stage, True, start, key, cost_tokens=ctx.cache.meta(stage, key).get("train_tokens", 0))
-        return ctx.cache.tensors(stage, key), key
-    tensors, trained, extra = compute()
-    meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
-            "steps": trained.steps, "train_seconds": trained.seconds, **extra}
-    ctx.cache.save(stage, key, meta, tensors)
+    with ctx.cache.lock(stage, key):  # a parallel job needing the same entry waits, then reads it
+        if ctx.cache.ready(stage, key):
+            ctx.record(stage, True, start, key, cost_tokens=ctx.cache.meta(stage, key).get("train_tokens", 0))
+            return ctx.cache.tensors(stage, key), key
+        reseed(ctx.settings.seed, stage)
+        tensors, trained, extra = compute()
+        meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
+                "steps": trained.steps, "train_seconds": trained.seconds, **extra}
+        ctx.cache.save(stage, key, meta, tensors)
     ctx.record(stage, False, start, key, trained)
     return tensors, key
+
+
+def reseed(seed: int, stage: str) -> None:
+    """Seed torch's global RNG from (seed, stage), so that what a stage computes never depends
+    on which earlier stages ran in this process and which came from the cache."""
+    torch.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{stage}".encode()).digest()[:7], "little"))
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -392,21 +407,22 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
     s, start = ctx.settings, time.perf_counter()
     config = evaluate_config(s)
     key = artifact_key("evaluate", config, {"model": model_key})
-    cached = ctx.cache.exists("evaluate", key)
-    if cached:
-        metrics = ctx.cache.meta("evaluate", key)["metrics"]
-        predictions = [json.loads(line) for line in
-                       (ctx.cache.path("evaluate", key) / "predictions.jsonl").read_text().splitlines()]
-    else:
-        model.eval()
-        results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
-        metrics, predictions = evaluate.summarize(results, s.eval)
+    with ctx.cache.lock("evaluate", key):
+        cached = ctx.cache.ready("evaluate", key)
+        if cached:
+            metrics = ctx.cache.meta("evaluate", key)["metrics"]
+            predictions = [json.loads(line) for line in
+                           (ctx.cache.path("evaluate", key) / "predictions.jsonl").read_text().splitlines()]
+        else:
+            model.eval()
+            results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
+            metrics, predictions = evaluate.summarize(results, s.eval)
 
-        def write(folder: Path) -> None:
-            evaluate.write_jsonl(predictions, folder / "predictions.jsonl")
+            def write(folder: Path) -> None:
+                evaluate.write_jsonl(predictions, folder / "predictions.jsonl")
 
-        ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
-                       write_extra=write)
+            ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
+                           write_extra=write)
     ctx.record(name, cached, start, key)
     return metrics, predictions
 
@@ -603,13 +619,22 @@ def training_compute(s: Settings, result: JobResult) -> dict:
             "note": "per seed; cached stages count at their cost, once per sweep in wall-clock"}
 
 
+def random_seeds(s: Settings) -> dict[str, int]:
+    """Every seed a job uses, by config key: `seed` (data order, training, random locate, DARE;
+    seed+k for the k-th of `report.seeds`), `eval.seed` (lm-eval), the world's and the scratch base's."""
+    return {"seed": s.seed, "report.seeds": s.report.seeds, "eval.seed": s.eval.seed, "world.seed": s.world.seed,
+            "model.scratch.seed": s.model.scratch.seed}
+
+
 def job_summary(s: Settings, result: JobResult) -> dict:
     """The content of metrics.json."""
     stages = {name: dataclasses.asdict(r) for name, r in result.stages.items()}
     return {
         "model": s.model.name, "ability": s.ability.name, "lang": s.lang.code, "method": s.method.name,
         "alpha": s.merge.alpha, "beta": s.merge.beta, "seed": s.seed, "seeds": s.report.seeds,
-        "headline": headline(s), "split": s.eval.split, "metrics": result.metrics, "metrics_per_seed": result.per_seed,
+        "random_seeds": random_seeds(s),
+        "headline": headline(s), "split": s.eval.split, "metrics": result.metrics,
+        "metrics_per_seed": result.per_seed,
         "testbed": testbed_rows(s, result), "stages": stages, "compute": training_compute(s, result),
         "train_tokens": sum(r.train_tokens for r in result.stages.values() if not r.cached),
         "transfer": {"similarity": result.similarity, "kept": result.kept, "tensors": result.tensors},
@@ -736,8 +761,11 @@ def check_writable(key: str, folder: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass
-    if not (path.is_dir() and os.access(path, os.W_OK)):
-        raise ConfigError(key, folder, "a writable directory")
+    try:  # a real write: os.access says yes to root even on a read-only mount
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(key, folder, f"a writable directory ({err.strerror})") from err
 
 
 def run(cfg: DictConfig) -> float:

@@ -9,7 +9,11 @@ functions take these dataclasses, never a DictConfig.
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import re
+import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -32,6 +36,11 @@ DEVICES = ("auto", "cpu", "cuda")
 EVAL_SOURCES = ("local", "hub")
 TRACKERS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
+
+
+SAFE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # language codes name files under the cache and run dirs
+SECRET_KEY = re.compile(r"(^|[_.-])(api_?key|secret|password|passwd|token|auth|credentials?)$", re.IGNORECASE)
+SCRIPT_PREFIX = {"han": "CJK"}  # lang.script -> prefix of the Unicode character names of its letters
 
 
 class ConfigError(ValueError):
@@ -301,9 +310,86 @@ def _corpus(key: str, corpus: CorpusSettings, world_corpora: set[str]) -> None:
     _check(f"{key}.path", corpus.path, path.stat().st_size > 0, "a non-empty file")
 
 
+def _code(key: str, code: str) -> None:
+    _check(key, code, isinstance(code, str) and SAFE_CODE.fullmatch(code) is not None,
+           "a language code of letters, digits, '_' or '-' (it names files)")
+
+
+def script_fraction(text: str, script: str) -> float:
+    """Fraction of the letters of `text` whose Unicode name starts with the script's name
+    (Latin -> LATIN ..., Han -> CJK ...); 1.0 for a text without letters."""
+    prefix = SCRIPT_PREFIX.get(script.lower(), script.upper())
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return 1.0
+    return sum(unicodedata.name(ch, "").startswith(prefix) for ch in letters) / len(letters)
+
+
+def _script(key: str, lang: LangSettings, min_fraction: float = 0.5) -> None:
+    """Warns if a local text corpus is mostly not in the language's script (a wrong file?)."""
+    c = lang.corpus
+    if c.source != "local" or c.format != "text" or lang.script in ("???", ""):
+        return
+    with open(c.path, encoding="utf-8", errors="replace") as fh:
+        fraction = script_fraction(fh.read(65536), lang.script)
+    if fraction < min_fraction:
+        warnings.warn(f"{key}.path={c.path!r}: only {fraction:.0%} of its letters are in "
+                      f"{key.split('.')[0]}.script={lang.script!r} (expected at least {min_fraction:.0%}); "
+                      f"is it the right file for {key.split('.')[0]}.code={lang.code!r}?", stacklevel=2)
+
+
+def _local_model(m: ModelSettings) -> None:
+    """A local model folder has a config and a tokenizer that fits the model's embedding."""
+    if m.gguf_file:
+        return
+    config = Path(m.path) / "config.json"
+    _check("model.path", m.path, config.is_file(), "a model folder with config.json (save_pretrained's layout)")
+    raw = json.loads(config.read_text())
+    vocab = raw.get("vocab_size") or raw.get("text_config", {}).get("vocab_size")
+    from transformers import AutoTokenizer  # only here: loading a tokenizer is cheap, a model is not
+
+    try:
+        tokens = len(AutoTokenizer.from_pretrained(m.path, trust_remote_code=m.trust_remote_code))
+    except Exception as err:  # no or broken tokenizer files
+        raise ConfigError("model.path", m.path, f"a model folder with a tokenizer ({err})") from err
+    if vocab:
+        _check("model.path", m.path, tokens <= vocab,
+               f"a folder whose tokenizer ({tokens} tokens) fits its model's embedding (vocab_size={vocab})")
+
+
+def redact(tree: Any) -> Any:
+    """A copy of a config tree with the values of secret-looking keys (api_key, token, password,
+    ...) replaced by "<redacted>", for anything that is logged (budget keys like `tokens` stay)."""
+    if isinstance(tree, dict):
+        return {k: "<redacted>" if SECRET_KEY.search(str(k)) and v is not None else redact(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact(v) for v in tree]
+    return tree
+
+
+def check_group_overrides(args: list[str], conf_dir: Path) -> None:
+    """Command-line choices of config groups (`method=maett`, `lang=sw,xx`, `+ablation=...`)
+    against the files in `conf/<group>/`; raises ConfigError with a did-you-mean hint before
+    Hydra composes anything. Sweep functions (`glob(...)`, `range(...)`) and interpolations are left to Hydra."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~").split("@", 1)[0]
+        folder = conf_dir / group
+        if not group or not folder.is_dir() or any(ch in value for ch in "()[]{}$"):
+            continue
+        options = tuple(sorted(p.stem for p in folder.glob("*.yaml")))
+        for choice in (v.strip() for v in value.split(",")):
+            if choice and not (key.startswith("~") and choice == "null"):
+                _choice(group, choice, options)
+
+
 def _world(w: WorldSettings) -> set[str]:
     """Checks the world settings; returns the names of its corpora."""
     codes = [lang.code for lang in w.languages]
+    for i, code in enumerate(codes):
+        _code(f"world.languages[{i}].code", code)
     _check("world.languages", codes, len(codes) == len(set(codes)) and "en" in codes,
            "a list of distinct languages that includes en (the source language)")
     for i, lang in enumerate(w.languages):
@@ -321,6 +407,8 @@ def _world(w: WorldSettings) -> set[str]:
 def validate(s: Settings) -> None:
     """Range checks of every key; raises ConfigError naming the first bad one."""
     _choice("device", s.device, DEVICES)
+    _code("lang.code", s.lang.code)
+    _code("source_lang.code", s.source_lang.code)
     corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
     reads_data_dir = any(c.source == "local" for c in corpora) or (s.eval.benchmark, s.eval.source) == ("mgsm", "local") or \
         (s.model.source == "scratch" and s.model.scratch.corpus == "files")
@@ -348,11 +436,14 @@ def validate(s: Settings) -> None:
         _check("model.path", m.path, bool(m.path), f"a hub id or folder when model.source={m.source}")
         if m.source == "local":
             _check("model.path", m.path, Path(m.path).is_dir(), "an existing model folder")
+            _local_model(m)
 
     world_corpora = _world(s.world)
     _corpus("ability.corpus", s.ability.corpus, world_corpora)
     _corpus("source_lang.corpus", s.source_lang.corpus, world_corpora)
     _corpus("lang.corpus", s.lang.corpus, world_corpora)
+    _script("source_lang.corpus", s.source_lang)
+    _script("lang.corpus", s.lang)
 
     t = s.train
     _positive_int("train.batch_size", t.batch_size)
@@ -409,6 +500,8 @@ def validate(s: Settings) -> None:
     _check("eval.max_gen_toks", ev.max_gen_toks, ev.max_gen_toks is None or ev.max_gen_toks >= 1,
            "null (the task's default) or an integer >= 1")
     _check("eval.langs", ev.langs, s.lang.code in ev.langs, f"a list that contains lang.code={s.lang.code!r}")
+    for code in ev.langs:
+        _code("eval.langs", code)
     if ev.benchmark == "task":
         _check("eval.task_template", ev.task_template, "{lang}" in ev.task_template,
                "an lm-eval task name with {lang}, e.g. global_mmlu_full_{lang}_stem")

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from maet.settings import TrackerSettings
+from maet.settings import TrackerSettings, redact
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,19 @@ class WandbTracker:
                               tags=settings.tags or None, mode=settings.mode, dir=run_dir, name=name,
                               config=config, reinit="finish_previous")
 
-    def _safely(self, what: str, fn) -> None:
+    broken = False  # after the first failure nothing more is sent (and one warning is enough)
+
+    def _safely(self, what: str, fn, always: bool = False) -> None:
+        if self.broken and not always:
+            return
         try:
             fn()
         except Exception as err:  # a flaky tracker must never kill the job
-            warnings.warn(f"W&B: could not {what}: {err}; metrics.json still has everything")
+            if self.broken:
+                return
+            self.broken = True
+            warnings.warn(f"W&B failed to {what} ({err}); nothing more of this job is logged to W&B, "
+                          "metrics.json and results.md in the run dir have everything")
 
     def log(self, metrics: dict[str, Any]) -> None:
         def _log():
@@ -81,7 +89,7 @@ class WandbTracker:
         self._safely("log artifacts", _log)
 
     def finish(self, exit_code: int = 0) -> None:
-        self._safely("finish the run", lambda: self.run.finish(exit_code=exit_code))
+        self._safely("finish the run", lambda: self.run.finish(exit_code=exit_code), always=True)
 
 
 def open_tracker(settings: TrackerSettings, config: dict, run_dir: str, name: str | None = None):
@@ -89,7 +97,7 @@ def open_tracker(settings: TrackerSettings, config: dict, run_dir: str, name: st
     if settings.name == "none" or settings.mode == "disabled":
         return NoTracker()
     try:
-        return WandbTracker(settings, flatten(config), run_dir, name)
+        return WandbTracker(settings, flatten(redact(config)), run_dir, name)
     except Exception as err:
         warnings.warn(f"W&B could not start ({err}); this job is not tracked, metrics.json is written")
         return NoTracker()

@@ -1,0 +1,192 @@
+"""Crashes, resume, races and determinism, with real processes: a job killed with SIGKILL during
+each stage and re-run completes with the metrics and bits of an uninterrupted run; a multirun
+re-run skips what its first try finished; two processes racing for one artifact compute it once;
+the same seed gives the same bits also when some stages come from the cache; a tracker that
+raises mid-run costs one warning, not the job."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config, load
+from maet import pipeline
+from maet.cache import ArtifactCache
+from maet.config import PROJECT_ROOT
+from test_launch import LEAN, SMALL, computed
+
+pytestmark = pytest.mark.slow
+
+# the reduced world, with stages long enough (about a second each) that a kill lands inside one
+KILLABLE = [*SMALL, *LEAN, "locate.tokens=4096", "extract.tokens=4096", "language.tokens=4096", "tracker=none"]
+STAGES = ("base", "locate", "ability", "language", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(cache dir, result) of one uninterrupted in-process run of KILLABLE (tests copy from it)."""
+    cache = tmp_path_factory.mktemp("uninterrupted")
+    return cache, pipeline.run_job(load(*KILLABLE, f"paths.cache_dir={cache}"))
+
+
+def warm(cache: Path, into: Path, stages=STAGES) -> Path:
+    for stage in stages:
+        shutil.copytree(cache / stage, into / stage)
+    return into
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def kill_when(proc: subprocess.Popen, started) -> bool:
+    """SIGKILL `proc` as soon as `started()` is true; False if it finished first."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if started():
+            proc.kill()  # SIGKILL: no cleanup, no atexit, no finally
+            proc.communicate()
+            return True
+        if proc.poll() is not None:
+            proc.communicate()
+            return False
+        time.sleep(0.01)
+    proc.kill()
+    raise TimeoutError("the stage never started")
+
+
+def entries(cache: Path) -> dict[str, bytes]:
+    """Every published file of every entry, by `<stage>/<key>/<file>` (meta.json aside: it has timings)."""
+    files = {}
+    for path in sorted(cache.glob("*/*/**/*")):
+        rel = path.relative_to(cache)
+        if path.is_file() and rel.parts[0] != "data" and not rel.parts[1].startswith(".") and path.name != "meta.json":
+            files[str(rel)] = path.read_bytes()
+    return files
+
+
+def test_sigkill_during_each_stage_then_rerun_gives_the_uninterrupted_result(tmp_path, uninterrupted):
+    reference, expected = uninterrupted
+    cache = tmp_path / "cache"
+    store = ArtifactCache(cache)
+    for i, stage in enumerate(STAGES):  # each try gets one stage further before it is killed
+        proc = start(*KILLABLE, f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / f'try{i}'}", cwd=tmp_path)
+        assert kill_when(proc, lambda: any((cache / stage).glob(".*.lock"))), f"finished before {stage} started"
+        published = [p.parent.name for p in (cache / stage).glob("*/meta.json")]
+        assert not published, f"the kill came after {stage} was published: not mid-stage"
+        assert not (tmp_path / f"try{i}" / "metrics.json").exists()
+        if i:  # what the earlier tries finished is in the cache, verified
+            earlier = STAGES[i - 1]
+            assert all(store.ready(earlier, p.parent.name) for p in (cache / earlier).glob("*/meta.json"))
+
+    finish(start(*KILLABLE, f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'final'}", cwd=tmp_path))
+    final = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert final["metrics"] == expected.metrics
+    assert {s: r["cached"] for s, r in final["stages"].items() if s in STAGES[:-1]} == {s: True for s in STAGES[:-1]}
+    assert entries(cache) == entries(reference), "a resumed run published different bits"
+    assert not list(cache.glob("*/.tmp-*")), "a killed writer's temp folder was left behind"
+
+
+def test_multirun_rerun_after_a_kill_redoes_only_what_is_missing(tmp_path, uninterrupted):
+    cache = warm(uninterrupted[0], tmp_path / "cache", ["base"])  # the same base; the rest is computed here
+    sweep = tmp_path / "sweep1"
+    args = ["-m", "lang=sw,bn", *SMALL, *LEAN, "tracker=none", f"paths.cache_dir={cache}"]
+    proc = start(*args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert kill_when(proc, lambda: (sweep / "0" / "metrics.json").exists() and (sweep / "1").exists())
+    assert not (sweep / "1" / "metrics.json").exists()
+
+    rerun = tmp_path / "sweep2"
+    finish(start(*args, f"hydra.sweep.dir={rerun}", cwd=tmp_path))
+    sw, bn = (json.loads((rerun / job / "metrics.json").read_text()) for job in ("0", "1"))
+    assert {s.split("/")[0] for s in computed(sw)} <= {"transfer", "merge"}, computed(sw)
+    assert sw["metrics"] == json.loads((sweep / "0" / "metrics.json").read_text())["metrics"]
+    assert {"base", "locate", "ability"}.isdisjoint(computed(bn)), computed(bn)  # shared with sw: cached
+    assert "evaluate" in computed(bn)  # never finished before the kill
+
+
+def test_two_processes_racing_for_the_same_artifacts_compute_each_once(tmp_path):
+    cache = tmp_path / "cache"
+    procs = [start(*SMALL, *LEAN, "tracker=none", f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / f'run{i}'}",
+                   cwd=tmp_path) for i in range(2)]
+    for proc in procs:
+        finish(proc)
+    a, b = (json.loads((tmp_path / f"run{i}" / "metrics.json").read_text()) for i in range(2))
+    for stage in STAGES:
+        assert [a["stages"][stage]["cached"], b["stages"][stage]["cached"]].count(False) == 1, stage
+    assert a["metrics"] == b["metrics"]
+    store = ArtifactCache(cache)
+    assert all(store.problem(p.parent.parent.name, p.parent.name) is None for p in cache.glob("*/*/meta.json"))
+
+
+def test_same_seed_same_bits_also_with_stages_from_the_cache(tmp_path, uninterrupted):
+    reference, first = uninterrupted
+    cache = warm(reference, tmp_path / "cache", ["base", "locate"])  # the case seen before: locate cached, R(A) not
+    second = pipeline.run_job(load(*KILLABLE, f"paths.cache_dir={cache}"))
+    assert second.stages["locate"].cached and not second.stages["ability"].cached
+    assert not second.stages["language"].cached and not second.stages["evaluate"].cached
+    assert entries(cache) == entries(reference)
+    assert second.testbed == first.testbed and second.metrics == first.metrics
+
+
+def test_a_corrupted_artifact_is_recomputed_with_one_warning_and_the_same_result(tmp_path, uninterrupted):
+    reference, first = uninterrupted
+    cache = warm(reference, tmp_path / "cache")
+    tensors = cache / "ability" / first.stages["ability"].key / "tensors.safetensors"
+    original = tensors.read_bytes()
+    data = bytearray(original)
+    data[-4] ^= 0x01  # one bit of one weight
+    tensors.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = pipeline.run_job(load(*KILLABLE, f"paths.cache_dir={cache}"))
+    corrupted = [w for w in caught if "corrupted" in str(w.message)]
+    assert len(corrupted) == 1 and "ability" in str(corrupted[0].message)
+    assert not second.stages["ability"].cached and second.stages["locate"].cached
+    assert tensors.read_bytes() == original and second.metrics == first.metrics
+
+
+class FlakyRun:
+    """A W&B run that starts, then raises on every call (the network went away)."""
+
+    def __init__(self):
+        self.summary, self.finished = self, False
+
+    def log(self, *args, **kwargs):
+        raise ConnectionError("api.wandb.ai: connection reset")
+
+    update = log
+
+    def finish(self, exit_code=0):
+        self.finished = True
+        raise ConnectionError("api.wandb.ai: connection reset")
+
+
+def test_a_tracker_raising_mid_run_costs_one_warning_not_the_job(tmp_path, monkeypatch, uninterrupted):
+    import wandb
+
+    run = FlakyRun()
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
+    cache = warm(uninterrupted[0], tmp_path / "cache")
+    cfg = compose_config(*KILLABLE, "tracker=wandb", f"paths.cache_dir={cache}",
+                         f"paths.output_dir={tmp_path / 'out'}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline.run(cfg)
+    about_wandb = [str(w.message) for w in caught if "W&B" in str(w.message)]
+    assert len(about_wandb) == 1 and "log metrics" in about_wandb[0] and "metrics.json" in about_wandb[0]
+    assert run.finished  # still closed
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["random_seeds"] == {"seed": 0, "report.seeds": 1, "eval.seed": 1234, "world.seed": 0,
+                                       "model.scratch.seed": 0}
