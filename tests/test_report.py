@@ -246,3 +246,20 @@ def test_parallel_jobs_get_one_gpu_each(monkeypatch):
     assert str(resolve_device("cpu", 3)) == "cpu"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert str(resolve_device("cuda", 3)) == "cuda"
+
+
+def test_cache_entries_are_logged_as_wandb_artifacts_by_reference(tmp_path):
+    from maet.settings import TrackerSettings
+    from maet.tracking import open_tracker
+
+    entry = tmp_path / "cache" / "ability" / "k123"
+    entry.mkdir(parents=True)
+    (entry / "tensors.safetensors").write_bytes(b"x" * 4096)
+    tracker = open_tracker(TrackerSettings(mode="offline"), {"a": 1}, str(tmp_path / "run"), name="t")
+    tracker.log_artifacts([("ability-k123", "delta", entry)])
+    tracker.finish()
+    [log] = list((tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb"))
+    data = log.read_bytes()
+    assert b"ability-k123" in data and f"file://{entry.resolve()}".encode() in data
+    # by reference: the tensors are not copied into W&B's staging area or the run's files
+    assert not list((tmp_path / "run").rglob("tensors.safetensors"))
