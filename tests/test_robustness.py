@@ -240,3 +240,17 @@ def test_wandb_that_cannot_start_gives_one_warning(monkeypatch, error):
         tracker.finish()
     assert isinstance(tracker, tracking.NoTracker)
     assert [str(w.message).split(" (")[0] for w in caught] == ["W&B could not start"]
+
+
+def test_entries_from_before_checksums_are_still_used(tmp_path):
+    import torch
+
+    cache = ArtifactCache(tmp_path)
+    cache.save("base", "k", {"n": 1}, {"x": torch.zeros(2)})
+    meta = cache.path("base", "k") / "meta.json"
+    old = json.loads(meta.read_text())
+    del old["sha256"]  # as published by the cache before checksums (atomically, so complete)
+    meta.write_text(json.dumps(old))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.ready("base", "k") and cache.meta("base", "k")["n"] == 1
