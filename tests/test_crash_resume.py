@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import compose_config, load
 from maet import pipeline
@@ -97,6 +98,34 @@ def test_sigkill_during_each_stage_then_rerun_gives_the_uninterrupted_result(tmp
     assert {s: r["cached"] for s, r in final["stages"].items() if s in STAGES[:-1]} == {s: True for s in STAGES[:-1]}
     assert entries(cache) == entries(reference), "a resumed run published different bits"
     assert not list(cache.glob("*/.tmp-*")), "a killed writer's temp folder was left behind"
+
+
+WRITER = """
+import sys, time, torch
+from maet.cache import ArtifactCache
+def write(folder):
+    (folder / "model.safetensors").write_bytes(b"half of a model")
+    print("writing", flush=True)
+    time.sleep(600)
+with ArtifactCache(sys.argv[1]).lock("base", "k"):
+    ArtifactCache(sys.argv[1]).save("base", "k", {}, {"x": torch.zeros(4)}, write_extra=write)
+"""
+
+
+def test_a_writer_killed_mid_write_publishes_nothing_and_blocks_no_one(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"  # inside save(), holding the lock
+    temps = list((tmp_path / "base").glob(".tmp-k-*"))
+    assert len(temps) == 1 and (temps[0] / "model.safetensors").is_file()
+    proc.kill()
+    proc.communicate()
+    cache = ArtifactCache(tmp_path)
+    assert not cache.exists("base", "k") and not cache.ready("base", "k")
+    with cache.lock("base", "k"):  # the OS released the dead writer's lock; its temp folder is removed
+        assert not temps[0].exists()
+        cache.save("base", "k", {}, {"x": torch.ones(4)})
+    assert cache.ready("base", "k") and torch.equal(cache.tensors("base", "k")["x"], torch.ones(4))
 
 
 def test_multirun_rerun_after_a_kill_redoes_only_what_is_missing(tmp_path, uninterrupted):

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -222,3 +221,36 @@ def test_remote_code_is_off_unless_the_config_says_so():
     for overrides in ([], [SHARED, "model=qwen2_5_0_5b"], [SHARED, "model=llama3_8b"], [SHARED, "model=gemma3_270m"]):
         assert load(*overrides).model.trust_remote_code is False
     assert load(SHARED, "model=qwen2_5_0_5b", "model.trust_remote_code=true").model.trust_remote_code is True
+
+
+@pytest.mark.parametrize("error", ["unreachable", "not logged in"])
+def test_wandb_that_cannot_start_gives_one_warning(monkeypatch, error):
+    import wandb
+    from wandb.errors import UsageError
+
+    def refuse(**kwargs):
+        raise ConnectionError("api.wandb.ai unreachable") if error == "unreachable" else \
+            UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker = tracking.open_tracker(tracking.TrackerSettings(mode="online"), {}, "/tmp")
+        tracker.log({"a": 1.0})
+        tracker.finish()
+    assert isinstance(tracker, tracking.NoTracker)
+    assert [str(w.message).split(" (")[0] for w in caught] == ["W&B could not start"]
+
+
+def test_entries_from_before_checksums_are_still_used(tmp_path):
+    import torch
+
+    cache = ArtifactCache(tmp_path)
+    cache.save("base", "k", {"n": 1}, {"x": torch.zeros(2)})
+    meta = cache.path("base", "k") / "meta.json"
+    old = json.loads(meta.read_text())
+    del old["sha256"]  # as published by the cache before checksums (atomically, so complete)
+    meta.write_text(json.dumps(old))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.ready("base", "k") and cache.meta("base", "k")["n"] == 1
