@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from maet.progress import progress
+
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
@@ -108,7 +110,7 @@ def write_safetensors(path: str | Path, specs: list[tuple[str, torch.dtype, tupl
     """Write tensors one at a time, in the order of `specs` (name, dtype, shape); returns bytes of data."""
     header, offset = {}, 0
     for name, dtype, shape in specs:
-        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        size = _nbytes(dtype, shape)
         header[name] = {"dtype": CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     header["__metadata__"] = metadata or {"format": "pt"}
@@ -124,11 +126,21 @@ def write_safetensors(path: str | Path, specs: list[tuple[str, torch.dtype, tupl
     return offset
 
 
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+
+
+def _counted(tensors: Iterable[torch.Tensor], bar) -> Iterator[torch.Tensor]:
+    for t in tensors:
+        yield t
+        bar.update(t.nbytes)
+
+
 def plan_shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_bytes: int) -> list[list[int]]:
     """Consecutive spec indices per shard, each shard at most `shard_bytes` (or one tensor)."""
     shards, size = [[]], 0
     for i, (_, dtype, shape) in enumerate(specs):
-        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        n = _nbytes(dtype, shape)
         if shards[-1] and size + n > shard_bytes:
             shards.append([])
             size = 0
@@ -211,11 +223,12 @@ def merge_to_checkpoint(base_dir: str | Path, out_dir: str | Path, models: list[
         files = ["model.safetensors"] if len(shards) == 1 else \
             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         total, weight_map = 0, {}
-        for file, members in zip(files, shards):
-            chunk = [specs[i] for i in members]
-            total += write_safetensors(out / file, chunk, merged_tensors(base, [s[0] for s in chunk], opened,
-                                                                         delta_files, dtype))
-            weight_map |= {s[0]: file for s in chunk}
+        with progress(total=sum(_nbytes(*s[1:]) for s in specs), desc="merge", unit="B", unit_scale=True) as bar:
+            for file, members in zip(files, shards):
+                chunk = [specs[i] for i in members]
+                tensors = merged_tensors(base, [s[0] for s in chunk], opened, delta_files, dtype)
+                total += write_safetensors(out / file, chunk, _counted(tensors, bar))
+                weight_map |= {s[0]: file for s in chunk}
         if len(shards) > 1:
             (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         if base_dir.is_dir():
