@@ -38,8 +38,7 @@ def ensure_mergekit(venv: Path) -> Path:
     exe = venv / "bin" / "mergekit-yaml"
     if not exe.exists():
         print(f"installing {MERGEKIT} into {venv} (once)", flush=True)
-        subprocess.run([sys.executable.replace(sys.prefix, sys.base_prefix, 1) if sys.prefix != sys.base_prefix
-                        else sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # based on the base interpreter
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
         subprocess.run([*pip, MERGEKIT], check=True)
