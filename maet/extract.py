@@ -32,9 +32,16 @@ class TrainStats:
     tokens: int = 0
     steps: int = 0
     seconds: float = 0.0
+    optimizer_bytes: int = 0  # AdamW state after the last step (two moments per trainable entry)
 
     def __add__(self, other: "TrainStats") -> "TrainStats":
-        return TrainStats(self.tokens + other.tokens, self.steps + other.steps, self.seconds + other.seconds)
+        return TrainStats(self.tokens + other.tokens, self.steps + other.steps, self.seconds + other.seconds,
+                          max(self.optimizer_bytes, other.optimizer_bytes))
+
+
+def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state."""
+    return sum(t.nbytes for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
 
 
 def _optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
@@ -58,6 +65,7 @@ def _optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torc
             if stats.steps % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     stats.seconds = time.perf_counter() - start
+    stats.optimizer_bytes = optimizer_bytes(optimizer)
     return stats
 
 

@@ -29,7 +29,7 @@ def grad_scores(model, batches: Iterable[torch.Tensor], names: list[str], total:
         p.requires_grad_(name in names)
         p.grad = None
     try:
-        for batch in progress(iterable=batches, total=total, desc="locate: gradients", unit="batch"):
+        for batch in _counted(batches, total, "locate: gradients"):
             batch = batch.to(model.device)
             model(input_ids=batch, labels=batch).loss.backward()
         return {name: params[name].grad.abs().sum(dim=1).float().cpu() for name in names}
@@ -57,7 +57,7 @@ def activation_scores(model, batches: Iterable[torch.Tensor], names: list[str], 
     was_training = model.training
     model.eval()
     try:
-        for batch in progress(iterable=batches, total=total, desc="locate: activations", unit="batch"):
+        for batch in _counted(batches, total, "locate: activations"):
             model(input_ids=batch.to(model.device))
             count += batch.numel()
     finally:
@@ -65,6 +65,16 @@ def activation_scores(model, batches: Iterable[torch.Tensor], names: list[str], 
             handle.remove()
         model.train(was_training)
     return {n: sums[n] / count for n in names}
+
+
+def _counted(batches: Iterable[torch.Tensor], total: int | None, desc: str):
+    """Yield the batches under a progress bar in tokens (tokens/s, ETA from `total` batches)."""
+    with progress(desc=desc, unit="tok", unit_scale=True) as bar:
+        for batch in batches:
+            if bar.total is None and total is not None:
+                bar.total = total * batch.numel()
+            yield batch
+            bar.update(batch.numel())
 
 
 def weight_change_scores(delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

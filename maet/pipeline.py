@@ -40,6 +40,31 @@ class StageRecord:
     steps: int = 0
     key: str | None = None
     cost_tokens: int = 0    # tokens the artifact cost when it was made (also when cached)
+    peak_rss_mib: float = 0.0  # peak resident memory of the process during the stage (since the previous record)
+    peak_gpu_mib: float = 0.0  # peak CUDA memory allocated during the stage (0 on CPU)
+    optimizer_mib: float = 0.0  # optimizer state of the stage's training (0 when nothing was trained)
+    in_memory: bool = False    # base only: the model of the previous job in this process, not reloaded from disk
+
+
+def stage_peak_memory() -> tuple[float, float]:
+    """(peak RSS MiB, peak CUDA MiB) since the last call, which resets both peaks.
+
+    Linux: VmHWM of /proc/self/status, reset through /proc/self/clear_refs; elsewhere the
+    process's lifetime peak (getrusage)."""
+    rss = 0.0
+    try:
+        status = Path("/proc/self/status").read_text()
+        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, StopIteration, ValueError):
+        import resource
+
+        rss = rss or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = 0.0
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gpu = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    return rss, gpu
 
 
 @dataclass
@@ -56,8 +81,10 @@ class Context:
                trained: extract.TrainStats | None = None, cost_tokens: int | None = None) -> None:
         trained = trained or extract.TrainStats()
         cost = trained.tokens if cost_tokens is None else cost_tokens
+        rss, gpu = stage_peak_memory()
         self.stages[stage + self.suffix] = StageRecord(cached, round(time.perf_counter() - start, 3),
-                                                       trained.tokens, trained.steps, key, cost)
+                                                       trained.tokens, trained.steps, key, cost, round(rss, 1),
+                                                       round(gpu, 1), round(trained.optimizer_bytes / 2**20, 3))
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -183,19 +210,51 @@ def _scratch_text(s: Settings, w: world.World | None) -> tuple[list[str], list[s
     return documents(s.ability.corpus, w)[:sc.tokenizer_max_docs] + general, general
 
 
+def base_artifact_key(s: Settings) -> str:
+    """Cache key of θ0: its build recipe (scratch) or where it is loaded from."""
+    m = s.model
+    if m.source != "scratch":
+        return artifact_key("base", {"source": m.source, "path": m.path, "dtype": m.dtype, "gguf_file": m.gguf_file})
+    return artifact_key("base", base_config(s))
+
+
+# θ0 of the previous job in this process (a sweep with Hydra's basic launcher runs its jobs in one
+# process): (identity, model, tokenizer, θ0 of the block tensors). The next job's merges are
+# built in place from it and the deltas, without reloading the model from disk.
+_RESIDENT: dict[str, tuple] = {}
+
+
+def resident_base(ctx: Context):
+    """(model, tokenizer, key, θ0 of every block tensor), reusing the previous job's model when it is
+    the same base on the same device (its block tensors are reset to θ0 first)."""
+    start, s = time.perf_counter(), ctx.settings
+    ident = (base_artifact_key(s), str(ctx.device), s.model.gradient_checkpointing)
+    held = _RESIDENT.get("base")
+    if held is not None and held[0] == ident:
+        _, model, tokenizer, theta0 = held
+        transfer.load_weights(model, theta0)
+        ctx.record("base", cached=True, start=start, key=ident[0])
+        ctx.stages["base"].in_memory = True
+        return model, tokenizer, ident[0], theta0
+    _RESIDENT.clear()  # free the previous job's model before loading another
+    model, tokenizer, key = base_model(ctx)
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers." in n}
+    _RESIDENT["base"] = (ident, model, tokenizer, theta0)
+    return model, tokenizer, key, theta0
+
+
 def base_model(ctx: Context):
     """(model, tokenizer, key) of θ0; a scratch model is built (and pre-trained) once and cached."""
     s, start = ctx.settings, time.perf_counter()
     m = s.model
+    key = base_artifact_key(s)
     if m.source != "scratch":
         model, tokenizer = load_pretrained(m.path, m, ctx.device)
         if m.gradient_checkpointing:
             model.gradient_checkpointing_enable()  # active in training mode only
-        key = artifact_key("base", {"source": m.source, "path": m.path, "dtype": m.dtype, "gguf_file": m.gguf_file})
         ctx.record("base", cached=True, start=start, key=key)
         return model, tokenizer, key
 
-    key = artifact_key("base", base_config(s))
     with ctx.cache.lock("base", key):
         cached = ctx.cache.ready("base", key)
         stats = extract.TrainStats() if cached else _build_base(ctx, key)
@@ -513,13 +572,13 @@ def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def run_job(s: Settings) -> JobResult:
     """All stages of one job, for each seed; artifacts come from the cache when their key is there."""
+    if s.threads:
+        torch.set_num_threads(s.threads)
     cache = ArtifactCache(s.paths.cache_dir)
     ctx = Context(s, cache, resolve_device(s.device, _job_num()), world.generate(s.world) if uses_world(s) else None)
-    model, tokenizer, base_key = base_model(ctx)
+    model, tokenizer, base_key, base = resident_base(ctx)
     corpora = load_corpora(s, ctx.world, tokenizer)
     variants = list(dict.fromkeys([s.method.name, *s.report.references]))
-    touched = {n for n, _ in model.named_parameters() if ".layers." in n}
-    base = {n: p.detach().clone() for n, p in model.named_parameters() if n in touched}
     testbed: dict[str, list[dict]] = {v: [] for v in variants}
     items: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     all_predictions: list[dict] = []
@@ -684,14 +743,18 @@ def testbed_table(summary: dict, fmt: str = "github") -> str:
 
 
 def stage_table(summary: dict) -> str:
-    """Stages grouped over seeds and models: computed / cached counts, seconds, training tokens."""
+    """Stages grouped over seeds and models: computed / cached counts, seconds, training tokens,
+    peak memory (RSS, GPU) and optimizer state (largest over the group)."""
     groups: dict[str, list[dict]] = {}
     for name, record in summary["stages"].items():
         groups.setdefault(name.split("/")[0], []).append(record)
     rows = [[stage, sum(not r["cached"] for r in records), sum(r["cached"] for r in records),
-             f"{sum(r['seconds'] for r in records):.1f}", sum(r["train_tokens"] for r in records)]
+             f"{sum(r['seconds'] for r in records):.1f}", sum(r["train_tokens"] for r in records),
+             f"{max(r.get('peak_rss_mib', 0) for r in records):.0f}", f"{max(r.get('peak_gpu_mib', 0) for r in records):.0f}",
+             f"{max(r.get('optimizer_mib', 0) for r in records):.2f}"]
             for stage, records in groups.items()]
-    return tabulate(rows, headers=["stage", "computed", "cached", "seconds", "train tokens"], tablefmt="github")
+    return tabulate(rows, headers=["stage", "computed", "cached", "seconds", "train tokens", "peak RSS MiB",
+                                   "peak GPU MiB", "optimizer MiB"], tablefmt="github")
 
 
 def results_table(summary: dict) -> str:

@@ -239,6 +239,7 @@ class PathSettings:
 class Settings:
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # torch intra-op CPU threads (0: torch's default, one per core)
     world: WorldSettings = field(default_factory=WorldSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     ability: AbilitySettings = field(default_factory=AbilitySettings)
@@ -409,6 +410,7 @@ def validate(s: Settings) -> None:
     _choice("device", s.device, DEVICES)
     _code("lang.code", s.lang.code)
     _code("source_lang.code", s.source_lang.code)
+    _check("threads", s.threads, s.threads >= 0, "an integer >= 0 (0: torch's default)")
     corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
     reads_data_dir = any(c.source == "local" for c in corpora) or (s.eval.benchmark, s.eval.source) == ("mgsm", "local") or \
         (s.model.source == "scratch" and s.model.scratch.corpus == "files")

@@ -99,6 +99,8 @@ def test_default_world_run_prints_the_testbed_table(tmp_path):
     assert "evaluate/base/seed1" in summary["stages"] and summary["stages"]["evaluate/base/seed1"]["cached"]
     assert "arith_sw % [95% CI]" in proc.stdout and "oracle" in proc.stdout and "vs language_only" in proc.stdout
     assert (tmp_path / "run" / "results.md").read_text().startswith("MAET job")
+    assert "peak RSS MiB" in proc.stdout and summary["stages"]["ability"]["peak_rss_mib"] > 0
+    assert 0 < summary["stages"]["ability"]["optimizer_mib"] < summary["stages"]["oracle"]["optimizer_mib"]
 
 
 def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_path):
@@ -116,6 +118,8 @@ def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_pat
     assert len(keys) == 1
     assert len({j["stages"]["language"]["key"] for j in jobs}) == 2
     assert all("evaluate" in computed(j) for j in jobs)  # each point is its own model
+    # θ0 is loaded once; the later jobs build their merges in place from the model in memory
+    assert sorted(j["stages"]["base"]["in_memory"] for j in jobs) == [False, True, True, True]
     # one offline W&B run per job, grouped by the sweep
     assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 4
 

@@ -1,0 +1,61 @@
+"""`python -m benchmarks.table`: the latest results (`benchmarks/results/*.json`) as one Markdown
+table, for `benchmarks/README.md`."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.common import RESULTS
+
+
+def rows(name: str, r: dict) -> list[list[str]]:
+    """[target, measured, ratio, target value, holds] rows of one benchmark's results."""
+    if name == "merge":
+        out = []
+        for x in r["results"]:
+            b, size = x["best"], f"{x['params'] / 1e6:.0f}M params, {x['dtype']}"
+            out += [[f"merge wall-clock vs mergekit ({size})", f"{b['maet']['seconds']:.1f} s vs {b['mergekit']['seconds']:.1f} s",
+                     f"{x['time_ratio']:.2f}", "≤ 1.0", x["time_ratio"] <= 1.0],
+                    [f"merge peak RSS vs mergekit ({size})", f"{b['maet']['peak_rss_mib']:.0f} vs {b['mergekit']['peak_rss_mib']:.0f} MiB",
+                     f"{x['rss_ratio']:.2f}", "≤ 1.0", x["rss_ratio"] <= 1.0],
+                    [f"merge outputs equal ({x['dtype']})", f"max diff {x['max_diff_rounding_units']:.2f} rounding units",
+                     "", "≤ 4 units", x["max_diff_rounding_units"] <= 4]]
+        return out
+    if name == "stages":
+        loc, tr = r["locate"], r["train"]
+        return [["locate `grad` vs plain forward+backward", f"{loc['grad_tok_s']:,.0f} vs {loc['plain_tok_s']:,.0f} tok/s",
+                 f"{loc['ratio']:.2f}", "≤ 1.2", loc["ratio"] <= 1.2],
+                [f"key-neuron optimizer state vs full FT (ratio {tr['ratio']})",
+                 f"{tr['key_neurons_optimizer_bytes'] / 2**20:.2f} vs {tr['full_optimizer_bytes'] / 2**20:.1f} MiB",
+                 f"{tr['optimizer_ratio']:.3f}", "≤ 0.10", tr["optimizer_ratio"] <= 0.10],
+                ["key-neuron step time vs full FT", f"{1e3 * tr['key_neurons_step_s']:.0f} vs {1e3 * tr['full_step_s']:.0f} ms",
+                 f"{tr['step_ratio']:.2f}", "≤ 1.0", tr["step_ratio"] <= 1.0]]
+    if name == "sweep":
+        return [[f"2x2 sweep vs four single runs ({'default' if r['budgets'] == 'default' else 'reduced'} budgets)",
+                 f"{r['sweep_seconds']:.0f} s vs {sum(r['single_seconds']):.0f} s", f"{r['ratio']:.2f}", "≤ 0.6", r["ratio"] <= 0.6]]
+    if name == "evaluate":
+        return [[f"generation, batch {r['batch_size']} vs batch 1 ({r['items']} items)",
+                 f"{r['batched']['tok_s']:.0f} vs {r['batch1']['tok_s']:.0f} generated tok/s", f"{r['speedup']:.1f}x",
+                 "report", True]]
+    return []
+
+
+def main() -> None:
+    lines = ["| target | measured | ratio | target | holds | run |", "|---|---|---|---|---|---|"]
+    machines: dict[str, int] = {}
+    for name in ("merge", "stages", "sweep", "evaluate"):
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            box, _, load = r["machine"].partition(", load average ")
+            ref = machines.setdefault(box, len(machines) + 1)
+            for target, measured, ratio, goal, ok in rows(name, r):
+                lines.append(f"| {target} | {measured} | {ratio} | {goal} | {'yes' if ok else '**no**'} | "
+                             f"`{name}`, {r['date']}, machine {ref}, load {load.split()[0]} |")
+    lines.append("")
+    lines += [f"Machine {ref}: {line}" for line, ref in machines.items()]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
