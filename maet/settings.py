@@ -380,6 +380,8 @@ def check_group_overrides(args: list[str], conf_dir: Path) -> None:
         folder = conf_dir / group
         if not group or not folder.is_dir() or any(ch in value for ch in "()[]{}$"):
             continue
+        if group.startswith("hydra/"):  # plugins add options (joblib, submitit_local, ...); Hydra lists them all
+            continue
         options = tuple(sorted(p.stem for p in folder.glob("*.yaml")))
         for choice in (v.strip() for v in value.split(",")):
             if choice and not (key.startswith("~") and choice == "null"):

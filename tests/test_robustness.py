@@ -113,7 +113,8 @@ def test_launch_names_a_mistyped_group_option_with_a_suggestion(tmp_path):
 
 def test_group_choices_that_exist_and_sweep_functions_pass():
     check_group_overrides(["-m", "lang=sw,bn", "method=maet", "+ablation=contrast", "lang@source_lang=en",
-                           "merge.alpha=0.5,1.0", "model=glob(*)", "hydra.run.dir=x", "--cfg", "job"],
+                           "merge.alpha=0.5,1.0", "model=glob(*)", "hydra.run.dir=x", "--cfg", "job",
+                           "hydra/launcher=submitit_local", "hydra/sweeper=optuna"],  # plugins' options
                           PROJECT_ROOT / "conf")
 
 
