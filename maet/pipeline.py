@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -831,6 +832,12 @@ def check_writable(key: str, folder: str) -> None:
         raise ConfigError(key, folder, f"a writable directory ({err.strerror})") from err
 
 
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def run(cfg: DictConfig) -> float:
     """Run one job from a composed config; returns the headline metric (target-language accuracy)."""
     s = load_settings(cfg)
@@ -843,7 +850,7 @@ def run(cfg: DictConfig) -> float:
     try:
         result = run_job(s)
         summary = job_summary(s, result)
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))  # never half a file
         (out / "results.md").write_text(results_table(summary) + "\n")
         evaluate.write_jsonl(result.predictions, out / "predictions.jsonl")
         images = run_plots(summary, out / "plots")

@@ -79,11 +79,15 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
     rows, failed = [], []
     for job, over in zip(jobs, overrides):
         metrics = job / "metrics.json"
-        if metrics.is_file():
+        listed = f"job {job.name}: " + " ".join(f"{k}={v}" for k, v in over.items())
+        if not metrics.is_file():
+            failed.append(listed)
+            continue
+        try:
             setting = " ".join(f"{k}={over[k]}" for k in swept if k in over)
             rows.append(job_row(json.loads(metrics.read_text()), job.name, setting))
-        else:
-            failed.append(f"job {job.name}: " + " ".join(f"{k}={v}" for k, v in over.items()))
+        except (ValueError, KeyError, StopIteration) as err:  # a truncated or foreign metrics.json
+            failed.append(f"{listed} (unreadable metrics.json: {type(err).__name__}: {err})")
     rows.sort(key=lambda r: (r["lang"], r["method"], r["setting"], r["alpha"], r["seed"]))
     return rows, failed
 

@@ -45,10 +45,13 @@ def test_sweep_table_lists_every_job_pools_seeds_and_names_failed_jobs(tmp_path)
                 over = [f"merge.alpha={alpha}", f"lang={lang}", f"seed={seed}", "report.seeds=2"]
                 jobs.append((over, fake_summary(lang, "maet", alpha, seed, [0.1 * (seed + 1), 0.2 * alpha])))
     jobs.append((["merge.alpha=2.0", "lang=sw", "seed=0", "report.seeds=2"], None))  # crashed: no metrics.json
+    jobs.append((["merge.alpha=3.0", "lang=sw", "seed=0", "report.seeds=2"], None))
     sweep = make_sweep(tmp_path, jobs)
+    (sweep / "9" / "metrics.json").write_text('{"lang": "sw", "testb')  # killed while writing
 
     text = report.write(sweep)
     assert "Failed jobs" in text and "job 8: merge.alpha=2.0 lang=sw seed=0 report.seeds=2" in text
+    assert "job 9: merge.alpha=3.0 lang=sw seed=0 report.seeds=2 (unreadable metrics.json" in text
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == 8
     assert {(r["lang"], float(r["alpha"]), int(r["seed"])) for r in rows} == \
