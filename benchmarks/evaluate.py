@@ -65,7 +65,7 @@ def main() -> None:
         generate(model, tokenizer, task, s, batch_size)  # warm-up (lm-eval's task building, caches)
         one = generate(model, tokenizer, task, s, 1)
         many = generate(model, tokenizer, task, s, batch_size)
-    same = sum(a == b for a, b in zip(one[2], many[2])) / len(one[2])
+    same = sum(a == b for a, b in zip(one[2], many[2], strict=True)) / len(one[2])
     result = {"items": len(one[2]), "batch_size": batch_size, "max_gen_toks": s.eval.max_gen_toks,
               "batch1": {"seconds": one[0], "tokens": one[1], "tok_s": one[1] / one[0]},
               "batched": {"seconds": many[0], "tokens": many[1], "tok_s": many[1] / many[0]},

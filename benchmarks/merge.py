@@ -67,7 +67,7 @@ def make_models(folder: Path, hidden: int, layers: int, vocab: int, dtype: torch
 
 
 def mergekit_config(dirs: list[Path], dtype: str) -> str:
-    models = "".join(f"  - model: {d}\n    parameters: {{weight: {w}}}\n" for d, w in zip(dirs[1:], WEIGHTS))
+    models = "".join(f"  - model: {d}\n    parameters: {{weight: {w}}}\n" for d, w in zip(dirs[1:], WEIGHTS, strict=True))
     return (f"merge_method: task_arithmetic\nbase_model: {dirs[0]}\nmodels:\n{models}"
             f"parameters: {{normalize: false}}\ndtype: {dtype}\n")
 
@@ -101,7 +101,7 @@ def bench(dtype_name: str, args, mergekit: Path, work: Path) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             if tool == "maet":
                 cmd = [sys.executable, "-m", "maet.streaming", "--base", str(dirs[0]),
-                       *[a for d, w in zip(dirs[1:], WEIGHTS) for a in ("--model", f"{d}:{w}")], "--out", str(out)]
+                       *[a for d, w in zip(dirs[1:], WEIGHTS, strict=True) for a in ("--model", f"{d}:{w}")], "--out", str(out)]
             else:
                 cmd = [str(mergekit), str(folder / "mergekit.yml"), str(out), "--no-copy-tokenizer",
                        "--no-write-model-card", "--quiet"]

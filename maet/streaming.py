@@ -224,7 +224,7 @@ def merge_to_checkpoint(base_dir: str | Path, out_dir: str | Path, models: list[
             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         total, weight_map = 0, {}
         with progress(total=sum(_nbytes(*s[1:]) for s in specs), desc="merge", unit="B", unit_scale=True) as bar:
-            for file, members in zip(files, shards):
+            for file, members in zip(files, shards, strict=True):
                 chunk = [specs[i] for i in members]
                 tensors = merged_tensors(base, [s[0] for s in chunk], opened, delta_files, dtype)
                 total += write_safetensors(out / file, chunk, _counted(tensors, bar))

@@ -44,7 +44,7 @@ def test_merge_of_checkpoints_and_deltas_equals_the_in_memory_merge(tiny_model, 
     names = [n for n in theta0 if ".layers." in n and theta0[n].ndim == 2]
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a fine-tuned model θ1
-        for n, p in tiny_model.named_parameters():
+        for p in tiny_model.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=g))
     theta1 = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     model_dir = _save(tiny_model, tmp_path / "ft", shard="1GB")
