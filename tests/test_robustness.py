@@ -279,3 +279,18 @@ def test_key_neuron_training_does_not_depend_on_the_masks_order(tiny_model):
     assert list(mask) != sorted(mask)  # the two orders differ
     for n in mask:
         assert torch.equal(in_model_order[n][1], sorted_by_name[n][1]), n
+
+
+def test_a_stage_returns_its_tensors_in_one_order_computed_or_cached(tmp_path):
+    """DARE draws its random drops tensor by tensor: the order must not depend on the cache."""
+    import torch
+
+    from maet.extract import TrainStats
+
+    ctx = pipeline.Context(load(), ArtifactCache(tmp_path), torch.device("cpu"))
+    model_order = {"model.layers.1.mlp.up_proj.weight": torch.ones(2), "model.layers.0.self_attn.q_proj.weight":
+                   torch.zeros(2), "model.layers.0.mlp.up_proj.weight": torch.full((2,), 2.0)}
+    computed, key = pipeline.cached_stage(ctx, "language", {"c": 1}, {}, lambda: (model_order, TrainStats(), {}))
+    cached, same_key = pipeline.cached_stage(ctx, "language", {"c": 1}, {}, lambda: pytest.fail("recomputed"))
+    assert key == same_key and list(computed) == list(cached) == sorted(model_order)
+    assert all(torch.equal(computed[n], cached[n]) for n in model_order)
