@@ -86,10 +86,14 @@ def _frozen(model):
 
 def train_rows(model, mask: dict[str, torch.Tensor], batches: Iterable[torch.Tensor], steps: int,
                lr: float, train: TrainSettings, desc: str) -> tuple[RowDelta, TrainStats]:
-    """Train only the masked rows; returns their learned deltas. The model is not modified."""
+    """Train only the masked rows; returns their learned deltas. The model is not modified.
+
+    Tensors are taken in the model's order, whatever the mask's order (a mask read back from
+    safetensors is sorted by name): the global gradient-norm clip sums over them in that order,
+    and another order rounds differently."""
     weights = dict(model.named_parameters())
     device = next(model.parameters()).device
-    rows = {n: r.to(device) for n, r in mask.items()}
+    rows = {n: mask[n].to(device) for n in weights if n in mask}
     deltas = {n: torch.zeros(len(r), weights[n].shape[1], device=device, requires_grad=True)
               for n, r in rows.items()}
 

@@ -293,15 +293,18 @@ def _build_base(ctx: Context, key: str) -> extract.TrainStats:
 # ----------------------------------------------------------------------------- cached stages
 def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) -> tuple[dict[str, torch.Tensor], str]:
     """(tensors, key) of a stage: from the cache when its key is there, else from
-    `compute() -> (tensors, TrainStats, extra meta)`, saved before they are returned."""
+    `compute() -> (tensors, TrainStats, extra meta)`, saved before they are returned.
+    Tensors come sorted by name either way, so that nothing downstream (DARE's random drops,
+    the order of a sum) depends on whether they were computed or read."""
     start = time.perf_counter()
     key = artifact_key(stage, config, inputs)
     with ctx.cache.lock(stage, key):  # a parallel job needing the same entry waits, then reads it
         if ctx.cache.ready(stage, key):
             ctx.record(stage, True, start, key, cost_tokens=ctx.cache.meta(stage, key).get("train_tokens", 0))
-            return ctx.cache.tensors(stage, key), key
+            return dict(sorted(ctx.cache.tensors(stage, key).items())), key
         reseed(ctx.settings.seed, stage)
         tensors, trained, extra = compute()
+        tensors = dict(sorted(tensors.items()))
         meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
                 "steps": trained.steps, "train_seconds": trained.seconds, **extra}
         ctx.cache.save(stage, key, meta, tensors)

@@ -23,8 +23,9 @@ from test_launch import LEAN, SMALL, computed
 
 pytestmark = pytest.mark.slow
 
-# the reduced world, with stages long enough (about a second each) that a kill lands inside one
-KILLABLE = [*SMALL, *LEAN, "locate.tokens=4096", "extract.tokens=4096", "language.tokens=4096", "tracker=none"]
+# the reduced world, with training stages long enough (16 steps) that a kill lands inside one
+KILLABLE = [*SMALL, *LEAN, "locate.tokens=2048", "extract.tokens=2048", "language.tokens=2048",
+            "world.benchmark_per_lang=8", "tracker=none"]
 STAGES = ("base", "locate", "ability", "language", "evaluate")
 
 
