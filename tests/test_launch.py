@@ -177,9 +177,15 @@ def test_user_sweep_on_the_local_submitit_launcher_gives_table_plots_and_wandb_s
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert sorted((j["lang"], j["alpha"]) for j in jobs) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
     assert len({j["stages"]["ability"]["key"] for j in jobs}) == 1
+    # concurrent jobs wait for the one computing a shared entry (per-entry lock), then read it
+    for stage in ("base", "locate", "ability"):
+        assert sum(stage in computed(j) for j in jobs) == 1, stage
+    for lang in ("sw", "bn"):
+        assert sum("language" in computed(j) for j in jobs if j["lang"] == lang) == 1
     for stage in ("base", "locate", "ability", "language"):
-        entries = [p for p in (tmp_path / "cache" / stage).iterdir()]
-        assert all(not p.name.startswith(".tmp") for p in entries), f"a partial {stage} entry was left behind"
+        names = [p.name for p in (tmp_path / "cache" / stage).iterdir()]
+        assert not [n for n in names if n.startswith(".tmp")], f"a partial {stage} entry was left behind"
+        entries = [n for n in names if not n.startswith(".")]  # the rest: .<key>.lock files
         assert len(entries) == (2 if stage == "language" else 1)
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert sorted((r["lang"], float(r["alpha"])) for r in rows) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
