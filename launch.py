@@ -15,12 +15,19 @@ register_resolvers()
 def main(cfg: DictConfig) -> float:
     from maet.pipeline import run  # imported here so that --help and bad overrides answer fast
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except ConfigError as err:  # a bad value: one line naming key, value and what is allowed, no trace
+        raise SystemExit(f"Error: {err}") from None
 
 
 if __name__ == "__main__":
     try:  # a mistyped group choice gets key, value, the options and a did-you-mean, not Hydra's trace
         check_group_overrides(sys.argv[1:], PROJECT_ROOT / "conf")
+        if {"-m", "--multirun"} & set(sys.argv[1:]):  # every sweep point, before the first job starts
+            from maet.sweepcheck import check_sweep
+
+            check_sweep(sys.argv[1:], PROJECT_ROOT / "conf")
     except ConfigError as err:
         sys.exit(f"Error: {err}")
     main()

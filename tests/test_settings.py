@@ -104,4 +104,29 @@ def test_launch_fails_fast_on_a_bad_value_without_touching_the_cache(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "locate.ratio=2" in proc.stderr and "(0, 1]" in proc.stderr
+    assert "Traceback" not in proc.stderr  # one clear line, not a stack trace
     assert not cache.exists(), "work started before the config was validated"
+
+
+def test_a_bad_value_anywhere_in_a_sweep_fails_before_the_first_job(tmp_path):
+    cache, sweep = tmp_path / "cache", tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "launch.py"), "-m", "lang=sw,bn", "merge.alpha=0.5,1.0,nan",
+         f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}", "tracker=none"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "merge.alpha=nan" in proc.stderr and "a finite number" in proc.stderr and "sweep point" in proc.stderr
+    assert not cache.exists() and not sweep.exists(), "a job started before the sweep was validated"
+
+
+def test_sweep_check_covers_every_value_of_presets_and_the_command_line():
+    from maet.sweepcheck import check_sweep, swept_values
+
+    conf = PROJECT_ROOT / "conf"
+    fixed, swept = swept_values(["lang=sw,bn", "seed=3", "merge.alpha=interval(0,2)"],
+                                {"lang": "te", "locate.ratio": "0.1,0.2"})
+    assert fixed == ["seed=3"] and swept == {"lang": ["sw", "bn"], "locate.ratio": ["0.1", "0.2"]}
+    assert check_sweep(["-m", "+sweep=baselines"], conf) == 1 + 8 + 1  # first point, 8 more methods, bn
+    assert check_sweep(["-m", "+sweep=baselines", "lang=sw"], conf) == 1 + 8
+    with pytest.raises(ConfigError, match=r"locate.ratio=2.0.*sweep point: .*locate.ratio=2"):
+        check_sweep(["-m", "+sweep=ratio", "locate.ratio=0.1,2"], conf)
