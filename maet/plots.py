@@ -50,11 +50,10 @@ def heatmap(values: dict[str, float], path: Path, title: str, cbar: str, marked:
     ax.set_ylabel("layer")
     ax.set_title(title)
     marked_cells = {layer_module(n) for n in marked}
-    if len(layers) * len(modules) <= 400:
-        for i, layer in enumerate(layers):
-            for j, module in enumerate(modules):
-                if grid[i][j] is not None:
-                    ax.text(j, i, fmt.format(grid[i][j]), ha="center", va="center", fontsize=7, color="black")
+    for i, row in enumerate(grid if len(layers) * len(modules) <= 400 else []):  # numbers while readable
+        for j, value in enumerate(row):
+            if value is not None:
+                ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=7, color="black")
     for i, layer in enumerate(layers):
         for j, module in enumerate(modules):
             if (layer, module) in marked_cells:

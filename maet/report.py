@@ -77,7 +77,7 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
     overrides = [job_overrides(job) for job in jobs]
     swept = [k for k in varying_keys(overrides) if k not in OWN_COLUMNS]
     rows, failed = [], []
-    for job, over in zip(jobs, overrides):
+    for job, over in zip(jobs, overrides, strict=True):
         metrics = job / "metrics.json"
         listed = f"job {job.name}: " + " ".join(f"{k}={v}" for k, v in over.items())
         if not metrics.is_file():
@@ -171,7 +171,7 @@ def numeric_settings(rows: list[dict]) -> dict[str, list[dict]]:
         except ValueError:
             continue
         if len(numbers) == len(rows) and len(set(numbers)) > 1:
-            out[key] = [{**r, key: x, "setting": _without(r["setting"], key)} for r, x in zip(rows, numbers)]
+            out[key] = [{**r, key: x, "setting": _without(r["setting"], key)} for r, x in zip(rows, numbers, strict=True)]
     return out
 
 
