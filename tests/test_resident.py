@@ -45,11 +45,12 @@ def test_stage_peak_memory_is_per_stage():
     assert peak_of_that_stage - peak_of_an_idle_stage > 48
 
 
-def test_threads_is_validated_and_the_world_runs_single_threaded():
+def test_threads_is_validated_and_defaults_to_torchs_own():
     import pytest
 
     from maet.settings import ConfigError
 
     with pytest.raises(ConfigError, match="threads=-1.*>= 0"):
         load("threads=-1")
-    assert load().threads == 1 and load("experiment=shared_data").threads == 0
+    assert load().threads == 0 and load("experiment=shared_data").threads == 0  # idle machines: torch's default
+    assert load("threads=1").threads == 1
