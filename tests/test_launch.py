@@ -172,7 +172,7 @@ def test_user_sweep_on_the_local_submitit_launcher_gives_table_plots_and_wandb_s
     finishes, shared artifacts are published once per key, the sweep dir gets the table, the plots
     and an offline W&B summary run holding the table."""
     sweep = tmp_path / "sweep"
-    launch("-m", "hydra/launcher=submitit_local", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, *LEAN,
+    launch("-m", "hydra/launcher=submitit_local", "merge.alpha=0.5,1.0", "lang=sw,bn", *SMALL, *LEAN, "threads=1",
            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert sorted((j["lang"], j["alpha"]) for j in jobs) == [("bn", 0.5), ("bn", 1.0), ("sw", 0.5), ("sw", 1.0)]
