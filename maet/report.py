@@ -113,6 +113,19 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return "" if x is None else (f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}")
 
 
+def _short(setting: str) -> str:
+    """`transfer.tau=0.0391773000782` -> `transfer.tau=0.03918` (display only; the CSV keeps all digits)."""
+    pairs = []
+    for pair in setting.split():
+        key, value = pair.split("=", 1)
+        try:
+            value = f"{float(value):.4g}" if "." in value or "e" in value else value
+        except ValueError:
+            pass
+        pairs.append(f"{key}={value}")
+    return " ".join(pairs)
+
+
 def _paired(r: dict) -> str:
     if r["vs_language_only"] is None:
         return ""
@@ -122,7 +135,7 @@ def _paired(r: dict) -> str:
 
 def markdown(rows: list[dict], failed: list[str]) -> str:
     show_setting = any(r["setting"] for r in rows)
-    body = [[r["lang"], r["method"], *([r["setting"]] if show_setting else []), r["alpha"], r["seed"], r["seeds"],
+    body = [[r["lang"], r["method"], *([_short(r["setting"])] if show_setting else []), r["alpha"], r["seed"], r["seeds"],
              f"{_pct(r['accuracy'])} [{_pct(r['low'])}, {_pct(r['high'])}]",
              _paired(r),
              _pct(r["english"]), f"{r['train_tokens']:,}", f"{r['vs_cpt_all']:.2f}"] for r in rows]
@@ -135,7 +148,7 @@ def markdown(rows: list[dict], failed: list[str]) -> str:
     pool = pooled(rows)
     if pool:
         text += "\n\nPooled over jobs that differ only in seed:\n" + tabulate(
-            [[p["lang"], p["method"], *([p["setting"]] if show_setting else []), p["alpha"], p["jobs"], p["seeds"],
+            [[p["lang"], p["method"], *([_short(p["setting"])] if show_setting else []), p["alpha"], p["jobs"], p["seeds"],
               f"{_pct(p['accuracy'])} [{_pct(p['low'])}, {_pct(p['high'])}]"] for p in pool],
             headers=["lang", "method", *(["setting"] if show_setting else []), "alpha", "jobs", "seeds",
                      "accuracy % [95% CI]"], tablefmt="github")
@@ -234,7 +247,8 @@ def best_on_test(config, sweep: Path) -> Path | None:
     run_dir = sweep / "best_on_test"
     from maet.config import PROJECT_ROOT
 
-    args = [*task, *(f"{k}={v}" for k, v in best.items()), "eval.split=test", f"hydra.run.dir={run_dir}"]
+    args = [*task, *(f"{k}={v}" for k, v in best.items()), "eval.split=test", "report.references=[base,language_only]",
+            f"hydra.run.dir={run_dir}"]
     print(f"\nOptuna best (dev split): {best}; evaluating it once on the test split:\n  launch.py {' '.join(args)}")
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], text=True)
     if proc.returncode != 0:
@@ -242,7 +256,8 @@ def best_on_test(config, sweep: Path) -> Path | None:
         return run_dir
     row = job_row(json.loads((run_dir / "metrics.json").read_text()), "best_on_test")
     line = (f"Best trial on the test split (chosen on dev, evaluated once): {best} -> "
-            f"{_pct(row['accuracy'])}% [{_pct(row['low'])}, {_pct(row['high'])}] ({run_dir})")
+            f"{_pct(row['accuracy'])}% [{_pct(row['low'])}, {_pct(row['high'])}], "
+            f"vs language_only on the same items {_paired(row) or 'n/a'} ({run_dir})")
     print(line)
     with open(sweep / "summary.md", "a") as fh:
         fh.write(f"\n{line}\n")

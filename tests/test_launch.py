@@ -209,5 +209,6 @@ def test_optuna_search_tunes_on_dev_and_reports_the_best_trial_once_on_test(tmp_
     assert final["alpha"] == pytest.approx(best["merge.alpha"])
     dev_items = {p["doc_id"] for p in map(json.loads, (sweep / "0" / "predictions.jsonl").read_text().splitlines())}
     assert len(dev_items) == 6
-    assert "Best trial on the test split" in proc.stdout
+    assert "Best trial on the test split" in proc.stdout and "vs language_only on the same items" in proc.stdout
+    assert [r["model"] for r in final["testbed"]] == ["maet", "base", "language_only"]  # the paired references
     assert "Best trial on the test split" in (sweep / "summary.md").read_text()

@@ -73,6 +73,11 @@ def test_other_swept_keys_become_the_setting_and_get_a_curve(tmp_path):
     sweep = make_sweep(tmp_path, jobs)
     rows, failed = report.collect(sweep)
     assert not failed and [r["setting"] for r in rows] == ["locate.ratio=0.01", "locate.ratio=0.05", "locate.ratio=0.2"]
+    long = make_sweep(tmp_path / "long", [([f"transfer.tau={t}", "lang=sw"], fake_summary("sw", "maet", 1.0, 0, [0.1]))
+                                          for t in ("0.03917730007820798", "-0.011655848117422228")])
+    text = report.write(long)
+    assert "transfer.tau=0.03918" in text and "transfer.tau=-0.01166" in text  # short in the table
+    assert "0.03917730007820798" in (long / "summary.csv").read_text()  # every digit in the CSV
     images = report.sweep_plots(rows, sweep / "plots")
     assert set(images) == {"sweep/accuracy_vs_locate.ratio"} and images["sweep/accuracy_vs_locate.ratio"].is_file()
 
