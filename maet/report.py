@@ -135,7 +135,8 @@ def _paired(r: dict) -> str:
 
 def markdown(rows: list[dict], failed: list[str]) -> str:
     show_setting = any(r["setting"] for r in rows)
-    body = [[r["lang"], r["method"], *([_short(r["setting"])] if show_setting else []), r["alpha"], r["seed"], r["seeds"],
+    setting = (lambda r: [_short(r["setting"])]) if show_setting else (lambda r: [])
+    body = [[r["lang"], r["method"], *setting(r), r["alpha"], r["seed"], r["seeds"],
              f"{_pct(r['accuracy'])} [{_pct(r['low'])}, {_pct(r['high'])}]",
              _paired(r),
              _pct(r["english"]), f"{r['train_tokens']:,}", f"{r['vs_cpt_all']:.2f}"] for r in rows]
@@ -148,7 +149,7 @@ def markdown(rows: list[dict], failed: list[str]) -> str:
     pool = pooled(rows)
     if pool:
         text += "\n\nPooled over jobs that differ only in seed:\n" + tabulate(
-            [[p["lang"], p["method"], *([_short(p["setting"])] if show_setting else []), p["alpha"], p["jobs"], p["seeds"],
+            [[p["lang"], p["method"], *setting(p), p["alpha"], p["jobs"], p["seeds"],
               f"{_pct(p['accuracy'])} [{_pct(p['low'])}, {_pct(p['high'])}]"] for p in pool],
             headers=["lang", "method", *(["setting"] if show_setting else []), "alpha", "jobs", "seeds",
                      "accuracy % [95% CI]"], tablefmt="github")
@@ -184,7 +185,8 @@ def numeric_settings(rows: list[dict]) -> dict[str, list[dict]]:
         except ValueError:
             continue
         if len(numbers) == len(rows) and len(set(numbers)) > 1:
-            out[key] = [{**r, key: x, "setting": _without(r["setting"], key)} for r, x in zip(rows, numbers, strict=True)]
+            out[key] = [{**r, key: x, "setting": _without(r["setting"], key)}
+                        for r, x in zip(rows, numbers, strict=True)]
     return out
 
 
