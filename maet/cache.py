@@ -159,6 +159,15 @@ def _remove_stale_temps(folder: Path, key: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a text file (UTF-8) through a temporary file of this process and one rename: a reader
+    never sees half of it, and parallel jobs writing the same path never share a temporary."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous tensors, copying any that shares memory with an earlier one (safetensors refuses those)."""
     seen, out = set(), {}

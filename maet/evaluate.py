@@ -12,13 +12,13 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import random
 from pathlib import Path
 
 import lm_eval
 from lm_eval.tasks import _yaml_loader
 
+from maet.cache import write_text_atomic
 from maet.settings import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,7 @@ def mgsm_file_fingerprint(data_dir: Path, lang: str) -> dict:
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel jobs write the same files
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def split_items(items: list[dict], settings: EvalSettings) -> list[dict]:

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
 from maet import data, evaluate, extract, locate, plots, transfer, world
-from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows
+from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows, write_text_atomic
 from maet.methods import METHODS, MergeInputs
 from maet.model import (block_linear_names, block_param_names, build_scratch_model, load_pretrained,
                         resolve_device, train_tokenizer)
@@ -835,12 +834,6 @@ def check_writable(key: str, folder: str) -> None:
         raise ConfigError(key, folder, f"a writable directory ({err.strerror})") from err
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def run(cfg: DictConfig) -> float:
     """Run one job from a composed config; returns the headline metric (target-language accuracy)."""
     s = load_settings(cfg)
@@ -853,7 +846,7 @@ def run(cfg: DictConfig) -> float:
     try:
         result = run_job(s)
         summary = job_summary(s, result)
-        write_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))  # never half a file
+        write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2, default=str))  # never half a file
         (out / "results.md").write_text(results_table(summary) + "\n")
         evaluate.write_jsonl(result.predictions, out / "predictions.jsonl")
         images = run_plots(summary, out / "plots")
