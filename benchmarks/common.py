@@ -44,7 +44,8 @@ def save_results(name: str, results: dict, machine_line: str) -> Path:
     path = RESULTS / f"{name}.json"
     from maet.results import git_commit
 
-    payload = {"benchmark": name, "commit": git_commit(), "machine": machine_line, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    payload = {"benchmark": name, "commit": git_commit(), "machine": machine_line,
+               "command": " ".join([Path(sys.executable).name, *sys.argv]),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **results}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -93,6 +93,9 @@ TABLES = [
     Table("optuna", "README.md", ("launch.py", "-m", "+sweep=optuna", "lang=sw"), sweep_block, "sweep"),
     Table("baselines", "README.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
     Table("gemma", "README.md", GEMMA, run_block, default=False, ready=_gemma_ready),
+    Table("ratio", "sweeps/README.md", ("launch.py", "-m", "+sweep=ratio"), sweep_block, "sweep", default=False),
+    Table("ablations", "sweeps/README.md", ("launch.py", "-m", "+sweep=ablations"), sweep_block, "sweep",
+          default=False),
     # Benchmarks write benchmarks/results/<name>.json; the `benchmarks` table is made from those files.
     Table("bench_stages", "", ("-m", "benchmarks.stages"), NOTHING, "command", cache_args=()),
     Table("bench_sweep", "", ("-m", "benchmarks.sweep"), NOTHING, "command", cache_args=("--cache", "{cache}")),
@@ -196,6 +199,27 @@ def not_regenerated(old: str, commit: str, reason: str) -> str:
     return f"**Not regenerated at commit `{commit}`**: {reason}. Below: its last regeneration.\n{kept}"
 
 
+STAMP = re.compile(r"at commit `(?P<commit>[^`]+)`, (?P<when>\d{4}-\d\d-\d\d \d\d:\d\d UTC): "
+                   r"wall (?P<wall>[^,]+), (?P<cache>[^,]+), "
+                   r"load average (?P<start>[\d.]+) at start and (?P<end>[\d.]+) at end")
+
+
+def overview() -> str:
+    """One row per table, read back from the stamps in the docs: command, commit, wall time, cache, load."""
+    rows = ["| table | where | command | commit | wall | cache at start | load (start / end) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for table in TABLES:
+        if not table.doc:
+            continue
+        block = current_block((PROJECT_ROOT / table.doc).read_text(), table.name)
+        match = STAMP.search(block)
+        stale = "not regenerated at the latest run; " if block.startswith("**Not regenerated") else ""
+        cells = ([f"{stale}`{match['commit']}`", match["wall"], match["cache"], f"{match['start']} / {match['end']}"]
+                 if match else ["never", "", "", ""])
+        rows.append(f"| `{table.name}` | {table.doc} | `{command_line(table)}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def regenerate(tables: list[Table], work: Path) -> list[tuple[str, str, str]]:
     """Runs every table and rewrites its doc; returns (name, status, details) per table."""
     commit = git_commit()
@@ -218,6 +242,8 @@ def regenerate(tables: list[Table], work: Path) -> list[tuple[str, str, str]]:
             doc.write_text(replace_block(doc.read_text(), table.name, body))
         print(f"[results] {table.name}: {status}: {details}", flush=True)
         report.append((table.name, status, details))
+    readme = PROJECT_ROOT / "README.md"
+    readme.write_text(replace_block(readme.read_text(), "reproduce", overview()))
     return report
 
 
@@ -225,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maet.results", description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated table names (default: every default table)")
     parser.add_argument("--list", action="store_true", help="list the tables and their commands")
+    parser.add_argument("--overview", action="store_true", help="only rewrite README's overview from the stamps")
     args = parser.parse_args(argv)
+    if args.overview:
+        readme = PROJECT_ROOT / "README.md"
+        readme.write_text(replace_block(readme.read_text(), "reproduce", overview()))
+        return 0
     names = {t.name: t for t in TABLES}
     if args.list:
         for t in TABLES:

@@ -49,7 +49,8 @@ def test_hub_download_writes_the_layout_the_project_reads(tmp_path, monkeypatch)
                         "answer_number": 4, "equation_solution": "3 + 1 = 4."}
     docs = load_documents(CorpusSettings(path=str(data / "gsm8k" / "train.jsonl"), format="gsm8k"))
     assert docs[1] == "Question: Q1 (train)\nStep-by-Step Answer: Work 2. The answer is 1."
-    assert (data / "text" / "sw.txt").read_text() == "First sentence of an article in sw.\nA second one that is long enough.\n"
+    sample = (data / "text" / "sw.txt").read_text()
+    assert sample == "First sentence of an article in sw.\nA second one that is long enough.\n"
     licenses = {f["path"].split("/")[0]: f["license"] for f in manifest["files"]}
     assert licenses == {"mgsm": "CC BY 4.0", "gsm8k": "MIT", "text": "CC BY-SA 4.0"}
 

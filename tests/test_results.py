@@ -36,8 +36,8 @@ def test_replace_block_touches_only_its_block():
 
 def _table(tmp_path, code: str) -> results.Table:
     (tmp_path / "out").mkdir(exist_ok=True)
-    return results.Table("demo", str(tmp_path / "doc.md"), ("-c", code), lambda out: (out.parent / "made.txt").read_text(),
-                         kind="command", cache_args=())
+    return results.Table("demo", str(tmp_path / "doc.md"), ("-c", code),
+                         lambda out: (out.parent / "made.txt").read_text(), kind="command", cache_args=())
 
 
 def test_regenerate_writes_the_commands_table_with_a_stamp(tmp_path):
@@ -61,3 +61,16 @@ def test_a_failing_command_keeps_the_old_table_and_says_so(tmp_path):
     assert "old table" in block
     results.regenerate([_table(tmp_path, "raise SystemExit(4)")], tmp_path)  # again: one such line, not two
     assert results.current_block((tmp_path / "doc.md").read_text(), "demo").count("**Not regenerated") == 1
+
+
+def test_overview_reads_commit_and_wall_time_back_from_a_stamp(tmp_path, monkeypatch):
+    block = results.stamp(results.TABLES[0], "abc1234", "wall 7 min 3 s, cache empty at start, load average 0.4 "
+                          "at start and 1.9 at end") + "\n\n```\n| t |\n```"
+    doc = tmp_path / "README.md"
+    doc.write_text("\n".join(f"{results.MARK.format(t.name)}\n{block if i == 0 else 'x'}\n{results.END.format(t.name)}"
+                             for i, t in enumerate(results.TABLES) if t.doc))
+    monkeypatch.setattr(results, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(results, "TABLES", [t for t in results.TABLES if t.doc == "README.md"])
+    rows = results.overview().splitlines()
+    assert len(rows) == 2 + len(results.TABLES)
+    assert rows[2].endswith("| `abc1234` | 7 min 3 s | cache empty at start | 0.4 / 1.9 |") and "never" in rows[3]
