@@ -10,11 +10,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra import initialize_config_dir  # noqa: E402
 
 from maet.config import PROJECT_ROOT, register_resolvers  # noqa: E402
 from maet.model import build_scratch_model, train_tokenizer  # noqa: E402
-from maet.settings import ScratchSettings, load_settings  # noqa: E402
+from maet.settings import ScratchSettings  # noqa: E402
+from maet.validate import compose_checked, load_settings  # noqa: E402
 
 DATA_DIR = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
 
@@ -54,10 +55,11 @@ def random_batches(vocab: int, n: int, batch: int = 2, seq: int = 16, seed: int 
 
 
 def compose_config(*overrides: str):
-    """The config `launch.py` would compose with these overrides (paths.output_dir set)."""
+    """The config `launch.py` would compose with these overrides (paths.output_dir set); a value the
+    schema rejects raises ConfigError, as in launch.py."""
     register_resolvers()
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["paths.output_dir=/tmp", *overrides])
+        return compose_checked(["paths.output_dir=/tmp", *overrides])  # schema errors as ConfigError
 
 
 def load(*overrides: str):

@@ -130,3 +130,33 @@ def test_sweep_check_covers_every_value_of_presets_and_the_command_line():
     assert check_sweep(["-m", "+sweep=baselines", "lang=sw"], conf) == 1 + 8
     with pytest.raises(ConfigError, match=r"locate.ratio=2.0.*sweep point: .*locate.ratio=2"):
         check_sweep(["-m", "+sweep=ratio", "locate.ratio=0.1,2"], conf)
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("merge.alpha=abc", "merge.alpha", "float"),
+    ("locate.score=gradd", "locate.score", "did you mean 'grad'?"),
+    ("source_lang=bn", "source_lang", "lang@source_lang="),  # a value for a node that needs the group syntax
+    ("train=5", "train", "train.batch_size="),
+])
+def test_composition_rejects_what_the_schema_forbids_in_one_line(override, key, allowed, tmp_path):
+    """The schema registered with Hydra's ConfigStore: `--cfg job` (no model, no job) already fails."""
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), override, "--cfg", "job"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stdout == ""
+    line, = proc.stderr.strip().splitlines()  # one line
+    assert f"{key}=" in line and allowed in line and "?=" not in line, line
+
+
+def test_the_schema_is_what_hydra_composes_against():
+    with pytest.raises(ConfigError) as info:
+        _load("locate.scope=row")
+    assert info.value.key == "locate.scope" and "tensor, layer, global" in info.value.allowed
+    s = _load("locate.score=weight_change", "eval.split=dev", "eval.dev_size=4")
+    assert s.locate.score == "weight_change" and type(s.locate.score) is str  # jobs see plain strings
+
+
+def test_a_target_language_equal_to_the_source_is_rejected():
+    with pytest.raises(ConfigError) as info:
+        _load("lang=en")
+    assert info.value.key == "lang.code" and "source_lang.code='en'" in info.value.allowed
+
