@@ -160,3 +160,15 @@ def test_a_target_language_equal_to_the_source_is_rejected():
         _load("lang=en")
     assert info.value.key == "lang.code" and "source_lang.code='en'" in info.value.allowed
 
+
+
+def test_each_config_group_sets_only_the_keys_under_its_own_name():
+    """Only the presets (experiment, +ablation, +sweep) write elsewhere (`@package _global_`)."""
+    presets = {"experiment", "ablation", "sweep", "hydra"}
+    groups = [d for d in (PROJECT_ROOT / "conf").iterdir() if d.is_dir() and d.name not in presets]
+    assert {"extract", "language", "transfer", "merge"} <= {d.name for d in groups}
+    for folder in groups:
+        for path in folder.glob("*.yaml"):
+            assert "@package" not in path.read_text(), f"{path} writes outside `{folder.name}.*`"
+    s = _load("language.tokens=7", "transfer.tau=0.1", "merge.alpha=0.5", "extract.lr=0.2")
+    assert (s.language.tokens, s.transfer.tau, s.merge.alpha, s.extract.lr) == (7, 0.1, 0.5, 0.2)
