@@ -172,3 +172,15 @@ def test_each_config_group_sets_only_the_keys_under_its_own_name():
             assert "@package" not in path.read_text(), f"{path} writes outside `{folder.name}.*`"
     s = _load("language.tokens=7", "transfer.tau=0.1", "merge.alpha=0.5", "extract.lr=0.2")
     assert (s.language.tokens, s.transfer.tau, s.merge.alpha, s.extract.lr) == (7, 0.1, 0.5, 0.2)
+
+
+def test_help_lists_the_groups_and_every_key_with_its_doc():
+    from maet import helpdoc
+
+    assert helpdoc.main(["--check"]) == 0, "conf/hydra/help/maet.yaml is stale: run python -m maet.helpdoc"
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert "method: ability_only, base, cpt_all" in proc.stdout and "language: default" in proc.stdout
+    assert "merge.alpha" in proc.stdout and "coefficient μ of the ability weights" in proc.stdout
+    assert "defaults:" not in proc.stdout and "_target_" not in proc.stdout  # not a raw config dump
