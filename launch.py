@@ -6,7 +6,8 @@ import hydra
 from omegaconf import DictConfig
 
 from maet.config import PROJECT_ROOT, register_resolvers
-from maet.settings import ConfigError, check_group_overrides
+from maet.settings import ConfigError
+from maet.validate import check_composition, check_group_overrides
 
 register_resolvers()
 
@@ -22,8 +23,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    try:  # a mistyped group choice gets key, value, the options and a did-you-mean, not Hydra's trace
+    try:  # a mistyped group choice or a value the schema rejects: one line naming the key, not Hydra's report
         check_group_overrides(sys.argv[1:], PROJECT_ROOT / "conf")
+        check_composition(sys.argv[1:], PROJECT_ROOT / "conf")
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every sweep point, before the first job starts
             from maet.sweepcheck import check_sweep
 

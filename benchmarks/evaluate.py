@@ -24,8 +24,9 @@ from maet import evaluate, world
 from maet.cache import ArtifactCache
 from maet.config import register_resolvers
 from maet.model import resolve_device
-from maet.pipeline import Context, base_model
-from maet.settings import load_settings
+from maet.base import base_model
+from maet.context import Context
+from maet.validate import load_settings
 
 
 def settings(overrides: list[str]):

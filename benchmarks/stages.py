@@ -23,7 +23,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from benchmarks.common import machine, save_results, verdict
 from maet import extract, locate
 from maet.model import block_linear_names
-from maet.settings import TrainSettings
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -74,12 +73,12 @@ def bench_train(model, data, names, ratio: float, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     shapes = {n: p.shape for n, p in model.named_parameters() if n in names}
     mask = locate.select_rows({n: torch.rand(s[0], generator=g) for n, s in shapes.items()}, ratio, "tensor")
-    train = TrainSettings(batch_size=data[0].shape[0], seq_len=data[0].shape[1], warmup_ratio=0.0)
+    loop = {"warmup_ratio": 0.0, "weight_decay": 0.0, "grad_clip": 1.0}  # train.* defaults, no warmup
     everything = [n for n, _ in model.named_parameters()]
     rows_runs, full_runs = [], []
     for _ in range(repeats):
-        rows_runs.append(extract.train_rows(model, mask, data, len(data), 1e-3, train, "key neurons")[1])
-        full_runs.append(extract.train_full(model, everything, data, len(data), 1e-3, train, "full fine-tuning")[1])
+        rows_runs.append(extract.train_rows(model, mask, data, len(data), 1e-3, "key neurons", **loop)[1])
+        full_runs.append(extract.train_full(model, everything, data, len(data), 1e-3, "full fine-tuning", **loop)[1])
     rows, full = min(rows_runs, key=lambda s: s.seconds), min(full_runs, key=lambda s: s.seconds)
     trainable = sum(len(r) * shapes[n][1] for n, r in mask.items())
     return {"ratio": ratio, "trainable_key_neurons": trainable, "trainable_full": model.num_parameters(),

@@ -39,8 +39,9 @@ def tokens_per_second(model, threads: int, steps: int) -> float:
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(0, 1024, (BATCH, SEQ), generator=g) for _ in range(steps)]
     names = [n for n, _ in model.named_parameters()]
-    _, stats = extract.train_full(model, names, data, steps, 1e-3, TrainSettings(batch_size=BATCH, seq_len=SEQ),
-                                  f"{threads} thread(s)")
+    t = TrainSettings(batch_size=BATCH, seq_len=SEQ)  # the loop's defaults
+    _, stats = extract.train_full(model, names, data, steps, 1e-3, f"{threads} thread(s)",
+                                  warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, grad_clip=t.grad_clip)
     return stats.tokens / stats.seconds
 
 

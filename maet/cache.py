@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from filelock import FileLock
@@ -36,6 +36,7 @@ META, TENSORS = "meta.json", "tensors.safetensors"
 CHECKSUMS = "sha256"  # meta.json key: {relative file path: sha256 hex digest}
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def artifact_key(stage: str, config: Any, inputs: dict[str, str] | None = None) -> str:
@@ -45,7 +46,8 @@ def artifact_key(stage: str, config: Any, inputs: dict[str, str] | None = None) 
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's content (read in chunks)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -88,6 +90,15 @@ class ArtifactCache:
             yield
         finally:
             lock.release()
+
+    def cached(self, stage: str, key: str, load: Callable[[], T], compute: Callable[[], T]) -> tuple[T, bool]:
+        """(load(), True) when a verified entry is under `key`, else (compute(), False), where
+        `compute` publishes the entry (`save`). Under the entry's lock: a parallel job that needs
+        the same entry waits, then loads it. Every stage goes through here."""
+        with self.lock(stage, key):
+            if self.ready(stage, key):
+                return load(), True
+            return compute(), False
 
     def problem(self, stage: str, key: str) -> str | None:
         """Why the published entry cannot be trusted (unreadable meta, missing or changed file), or None."""
@@ -195,17 +206,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def pack_rows(delta: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Row-sparse delta `{name: (rows[k], values[k, in])}` as flat safetensors entries."""
-    packed = {}
-    for name, (rows, values) in delta.items():
-        packed[f"rows:{name}"], packed[f"values:{name}"] = rows, values
-    return packed
-
-
-def unpack_rows(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Inverse of `pack_rows`."""
-    names = [k.split(":", 1)[1] for k in tensors if k.startswith("rows:")]
-    return {n: (tensors[f"rows:{n}"], tensors[f"values:{n}"]) for n in names}

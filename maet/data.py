@@ -8,15 +8,14 @@ LM-loss evaluation and never trained on.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
+from maet.cache import file_sha256
 from maet.settings import CorpusSettings
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def corpus_fingerprint(corpus: CorpusSettings) -> dict:
            "max_tokens": corpus.max_tokens}
     if corpus.source == "hub":
         return how | {"path": corpus.path, "name": corpus.name, "split": corpus.split, "revision": corpus.revision}
-    return how | {"sha256": hashlib.sha256(Path(corpus.path).read_bytes()).hexdigest()}
+    return how | {"sha256": file_sha256(corpus.path)}
 
 
 def split_heldout(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:

@@ -9,7 +9,6 @@ from `<data_dir>/mgsm` with the hub dataset's schema. Nothing of the prompt is r
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import random
@@ -18,7 +17,7 @@ from pathlib import Path
 import lm_eval
 from lm_eval.tasks import _yaml_loader
 
-from maet.cache import write_text_atomic
+from maet.cache import file_sha256, write_text_atomic
 from maet.settings import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def mgsm_rows(data_dir: Path, lang: str) -> tuple[list[dict], list[dict]]:
 def mgsm_file_fingerprint(data_dir: Path, lang: str) -> dict:
     """sha256 of the benchmark files a local MGSM task reads (for cache keys)."""
     files = [data_dir / "mgsm" / f"mgsm_{lang}.tsv", data_dir / "mgsm" / "exemplars.json"]
-    return {"lang": lang, "sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+    return {"lang": lang, "sha256": [file_sha256(f) for f in files]}
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Stage 1, locate: score every neuron (output row of a block linear weight) and keep the top
 `ratio` of rows per tensor, per layer or over the whole model.
 
-A neuron mask is `{tensor name -> LongTensor[k] of sorted row indices}`.
+A neuron mask is a `maet.types.Mask`. Pure functions: a model and batches in, scores and masks out.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from collections.abc import Iterable
 
 import torch
 
-from maet.model import layer_of
-from maet.progress import progress
-
-Mask = dict[str, torch.Tensor]
+from maet.train import counted, frozen
+from maet.types import Mask, layer_of
 
 
 def grad_scores(model, batches: Iterable[torch.Tensor], names: list[str], total: int | None = None) -> dict[str, torch.Tensor]:
@@ -22,22 +20,11 @@ def grad_scores(model, batches: Iterable[torch.Tensor], names: list[str], total:
 
     `batches` yields `[batch, seq]` token ids; only the named weights get gradients.
     """
-    params = dict(model.named_parameters())
-    was_training, grad_flags = model.training, {n: p.requires_grad for n, p in params.items()}
-    model.eval()
-    for name, p in params.items():
-        p.requires_grad_(name in names)
-        p.grad = None
-    try:
-        for batch in _counted(batches, total, "locate: gradients"):
+    with frozen(model, trainable=names, train=False) as params:
+        for batch in counted(batches, total, "locate: gradients"):
             batch = batch.to(model.device)
             model(input_ids=batch, labels=batch).loss.backward()
         return {name: params[name].grad.abs().sum(dim=1).float().cpu() for name in names}
-    finally:
-        for name, p in params.items():
-            p.grad = None
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -54,27 +41,15 @@ def activation_scores(model, batches: Iterable[torch.Tensor], names: list[str], 
         return record
 
     handles = [modules[n.rsplit(".", 1)[0]].register_forward_hook(hook(n)) for n in names]
-    was_training = model.training
-    model.eval()
     try:
-        for batch in _counted(batches, total, "locate: activations"):
-            model(input_ids=batch.to(model.device))
-            count += batch.numel()
+        with frozen(model, train=False):
+            for batch in counted(batches, total, "locate: activations"):
+                model(input_ids=batch.to(model.device))
+                count += batch.numel()
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return {n: sums[n] / count for n in names}
-
-
-def _counted(batches: Iterable[torch.Tensor], total: int | None, desc: str):
-    """Yield the batches under a progress bar in tokens (tokens/s, ETA from `total` batches)."""
-    with progress(desc=desc, unit="tok", unit_scale=True) as bar:
-        for batch in batches:
-            if bar.total is None and total is not None:
-                bar.total = total * batch.numel()
-            yield batch
-            bar.update(batch.numel())
 
 
 def weight_change_scores(delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,6 @@
-"""Merge operators of the baselines, as pure functions over one tensor at a time.
+"""The merge arithmetic, one tensor at a time: `θ0 + combine(w_i·δ_i) + Σ w_j·R_j[rows]`, used
+by every method in memory (`maet.methods`, `maet.transfer`) and by the out-of-core merge
+(`maet.streaming`); and the merge operators of the baselines.
 
 TIES (Yadav et al., 2023): trim each task vector to its largest-magnitude entries, elect a
 sign per entry, and average the entries that agree with it. DARE (Yu et al., 2024): drop each
@@ -7,7 +9,33 @@ entry with probability p and rescale the survivors by 1/(1-p), which keeps the e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+
+Combine = Callable[[list[torch.Tensor]], torch.Tensor]
+
+
+def merge_tensor(theta0: torch.Tensor, dense: Sequence[tuple[float, torch.Tensor]] = (),
+                 rows: Sequence[tuple[float, torch.Tensor, torch.Tensor]] = (),
+                 combine: Combine | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`θ0 + combine([w·δ for dense deltas]) + Σ w·values scattered into `rows``, in fp32, cast to
+    `dtype` (default θ0's). `combine` defaults to the sum in the given order (TIES and DARE pass
+    theirs); a row delta is `(w, rows[k], values[k, in])`. With no deltas the result is θ0 exactly."""
+    out = theta0.float()
+    scaled = [w * delta.to(out.device).float() for w, delta in dense]
+    if scaled:
+        out = out + (combine(scaled) if combine is not None else _sum(scaled))
+    for w, index, values in rows:
+        out = out.index_add(0, index.to(out.device), w * values.to(out.device))
+    return out.to(dtype or theta0.dtype)
+
+
+def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:

@@ -81,9 +81,3 @@ def block_linear_names(model, modules: list[str]) -> list[str]:
 def block_param_names(model) -> list[str]:
     """Every parameter inside the transformer blocks (what full CPT trains)."""
     return [name for name, _ in model.named_parameters() if ".layers." in name]
-
-
-def layer_of(name: str) -> int:
-    """Block index of a parameter name like `model.layers.3.mlp.up_proj.weight`."""
-    parts = name.split(".")
-    return int(parts[parts.index("layers") + 1])

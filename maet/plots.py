@@ -7,7 +7,6 @@ intervals, and a bar chart of methods per language. matplotlib with the Agg back
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
@@ -15,13 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-_BLOCK_TENSOR = re.compile(r"layers\.(\d+)\.(?:.*\.)?([^.]+)\.weight$")
-
-
-def layer_module(name: str) -> tuple[int, str] | None:
-    """`model.layers.3.mlp.down_proj.weight` -> (3, "down_proj"); None outside the blocks."""
-    match = _BLOCK_TENSOR.search(name)
-    return (int(match.group(1)), match.group(2)) if match else None
+from maet.types import layer_module  # noqa: E402
 
 
 def tensor_grid(values: dict[str, float]) -> tuple[list[int], list[str], list[list[float | None]]]:

@@ -27,7 +27,9 @@ from hydra.experimental.callback import Callback
 from tabulate import tabulate
 
 from maet import plots
-from maet.stats import mean_interval
+from maet.stats import interval_text, mean_interval, percent
+from maet.summary import method_row, source_cell
+from maet.tracking import init_wandb
 
 COLUMNS = ["job", "lang", "method", "alpha", "seed", "setting", "split", "seeds", "accuracy", "low", "high",
            "vs_language_only", "vs_low", "vs_high", "vs_p", "english", "train_tokens", "vs_cpt_all"]
@@ -56,9 +58,9 @@ def varying_keys(overrides: list[dict[str, str]]) -> list[str]:
 
 def job_row(summary: dict, job: str = "", setting: str = "") -> dict:
     """The numbers of one job's method (its own testbed row)."""
-    row = next(r for r in summary["testbed"] if r["model"] == summary["method"])
+    row = method_row(summary)
     head = row[summary["headline"]]
-    english = next((v for k, v in row.items() if isinstance(v, dict) and k.endswith("_en") and "mean" in v), None)
+    english = source_cell(summary, row)  # the ability in the source language (English by default)
     paired = row.get("vs_language_only") or {}
     return {
         "job": job, "lang": summary["lang"], "method": summary["method"], "alpha": summary["alpha"],
@@ -109,10 +111,6 @@ def pooled(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
-    return "" if x is None else (f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}")
-
-
 def _short(setting: str) -> str:
     """`transfer.tau=0.0391773000782` -> `transfer.tau=0.03918` (display only; the CSV keeps all digits)."""
     pairs = []
@@ -129,17 +127,16 @@ def _short(setting: str) -> str:
 def _paired(r: dict) -> str:
     if r["vs_language_only"] is None:
         return ""
-    return (f"{_pct(r['vs_language_only'], True)} [{_pct(r['vs_low'], True)}, {_pct(r['vs_high'], True)}] "
-            f"p={r['vs_p']:.3f}")
+    return f"{interval_text(r['vs_language_only'], r['vs_low'], r['vs_high'], signed=True)} p={r['vs_p']:.3f}"
 
 
 def markdown(rows: list[dict], failed: list[str]) -> str:
     show_setting = any(r["setting"] for r in rows)
     setting = (lambda r: [_short(r["setting"])]) if show_setting else (lambda r: [])
     body = [[r["lang"], r["method"], *setting(r), r["alpha"], r["seed"], r["seeds"],
-             f"{_pct(r['accuracy'])} [{_pct(r['low'])}, {_pct(r['high'])}]",
+             interval_text(r["accuracy"], r["low"], r["high"]),
              _paired(r),
-             _pct(r["english"]), f"{r['train_tokens']:,}", f"{r['vs_cpt_all']:.2f}"] for r in rows]
+             percent(r["english"]), f"{r['train_tokens']:,}", f"{r['vs_cpt_all']:.2f}"] for r in rows]
     headers = ["lang", "method", *(["setting"] if show_setting else []), "alpha", "seed", "seeds",
                "accuracy % [95% CI]", "Δ vs language_only [95% CI]", "English %", "train tokens", "compute / cpt_all"]
     text = tabulate(body, headers=headers, tablefmt="github")
@@ -150,7 +147,7 @@ def markdown(rows: list[dict], failed: list[str]) -> str:
     if pool:
         text += "\n\nPooled over jobs that differ only in seed:\n" + tabulate(
             [[p["lang"], p["method"], *setting(p), p["alpha"], p["jobs"], p["seeds"],
-              f"{_pct(p['accuracy'])} [{_pct(p['low'])}, {_pct(p['high'])}]"] for p in pool],
+              interval_text(p["accuracy"], p["low"], p["high"])] for p in pool],
             headers=["lang", "method", *(["setting"] if show_setting else []), "alpha", "jobs", "seeds",
                      "accuracy % [95% CI]"], tablefmt="github")
     if failed:
@@ -219,10 +216,9 @@ def log_summary_run(sweep: Path, rows: list[dict], images: dict[str, Path], trac
     try:
         import wandb
 
-        run = wandb.init(project=tracker.get("project", "maet"), entity=tracker.get("entity"),
-                         group=tracker.get("group") or sweep.name, job_type="sweep-summary",
-                         name=f"summary-{sweep.name}", mode=tracker.get("mode", "offline"), dir=str(sweep),
-                         reinit="finish_previous", config={"sweep_dir": str(sweep), "jobs": len(rows)})
+        run = init_wandb(tracker.get("project", "maet"), tracker.get("mode", "offline"), str(sweep),
+                         {"sweep_dir": str(sweep), "jobs": len(rows)}, f"summary-{sweep.name}",
+                         tracker.get("entity"), tracker.get("group") or sweep.name, job_type="sweep-summary")
         run.log({"sweep/results": wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in rows]),
                  **{name: wandb.Image(str(path)) for name, path in images.items()}})
         run.finish()
@@ -258,7 +254,7 @@ def best_on_test(config, sweep: Path) -> Path | None:
         return run_dir
     row = job_row(json.loads((run_dir / "metrics.json").read_text()), "best_on_test")
     line = (f"Best trial on the test split (chosen on dev, evaluated once): {best} -> "
-            f"{_pct(row['accuracy'])}% [{_pct(row['low'])}, {_pct(row['high'])}], "
+            f"{interval_text(row['accuracy'], row['low'], row['high']).replace(' [', '% [', 1)}, "
             f"vs language_only on the same items {_paired(row) or 'n/a'} ({run_dir})")
     print(line)
     with open(sweep / "summary.md", "a") as fh:

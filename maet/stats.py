@@ -43,3 +43,14 @@ def paired_difference(a: list[float], b: list[float], z: float = 1.959964) -> di
     p = _scipy.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
     return {"diff": mean, "low": mean - z * se, "high": mean + z * se, "p": float(p), "n": n,
             "wins": wins, "losses": losses}
+
+
+def percent(x: float | None, signed: bool = False, width: int = 0) -> str:
+    """`0.123` -> `12.3` (`+12.3` signed, right-aligned in `width`); "" for None."""
+    return "" if x is None else format(100 * x, f"{'+' if signed else ''}{width or ''}.1f")
+
+
+def interval_text(value: float | None, low: float | None, high: float | None, signed: bool = False,
+                  width: int = 0) -> str:
+    """`12.3 [8.1, 17.0]`: a proportion and its interval in percent (points when signed)."""
+    return f"{percent(value, signed, width)} [{percent(low, signed)}, {percent(high, signed)}]"

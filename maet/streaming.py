@@ -10,7 +10,7 @@ header length, a JSON header `{name: {dtype, shape, data_offsets}}` padded to 8 
     python -m maet.streaming --base BASE_DIR --model FT_DIR:0.5 --delta DELTA.safetensors:1.0 --out OUT
 
 A delta file holds dense deltas `{name: Tensor[out, in]}` or MAET's row-sparse deltas
-(`rows:<name>` LongTensor[k], `values:<name>` Tensor[k, in], see `maet.cache.pack_rows`);
+(`rows:<name>` LongTensor[k], `values:<name>` Tensor[k, in], see `maet.types.pack_rows`);
 other `prefix:name` entries of a cache artifact (e.g. `theta_a:`) are ignored.
 """
 
@@ -27,7 +27,10 @@ from pathlib import Path
 
 import torch
 
+from maet.merging import merge_tensor
 from maet.progress import progress
+from maet.summary import kept_tensors
+from maet.types import ROWS, VALUES
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -158,30 +161,29 @@ class Delta:
 
 
 def _row_delta(d: SafetensorsFile, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if f"rows:{name}" in d.entries:
-        return d.get(f"rows:{name}"), d.get(f"values:{name}")
+    if ROWS + name in d.entries:
+        return d.get(ROWS + name), d.get(VALUES + name)
     return None
 
 
 def merged_tensors(base: Checkpoint, names: list[str], models: list[tuple[Checkpoint, float]],
                    deltas: list[tuple[SafetensorsFile, Delta]], dtype: torch.dtype | None) -> Iterator[torch.Tensor]:
-    """For each name: `θ0 + Σ w·(θ_i − θ0) + Σ w·R` in fp32, cast to `dtype` (default: θ0's)."""
+    """For each name: `θ0 + Σ w·(θ_i − θ0) + Σ w·R` (`maet.merging.merge_tensor`), cast to `dtype`
+    (default: θ0's)."""
     for name in names:
         theta0 = base.get(name)
-        out_dtype = dtype if dtype is not None and theta0.is_floating_point() else theta0.dtype
         if not theta0.is_floating_point():
             yield theta0
             continue
         base32 = theta0.float()
-        merged = base32.clone()
-        for ckpt, w in models:
-            merged.add_(ckpt.get(name).float().sub_(base32), alpha=w)
+        dense = [(w, ckpt.get(name).float().sub_(base32)) for ckpt, w in models]
+        rows = []
         for f, spec in deltas:
             if name in f.entries:
-                merged.add_(f.get(name).float(), alpha=spec.weight)
-            elif (rows := _row_delta(f, name)) is not None and (spec.names is None or name in spec.names):
-                merged.index_add_(0, rows[0], rows[1].float(), alpha=spec.weight)
-        yield merged.to(out_dtype)
+                dense.append((spec.weight, f.get(name)))
+            elif (row := _row_delta(f, name)) is not None and (spec.names is None or name in spec.names):
+                rows.append((spec.weight, *row))
+        yield merge_tensor(theta0, dense, rows, dtype=dtype)
 
 
 def _check_names(base: Checkpoint, models: list[tuple[Checkpoint, float]], deltas: list[tuple[SafetensorsFile, Delta]]):
@@ -265,11 +267,11 @@ def _path_weight(text: str) -> tuple[str, float]:
 
 
 def _kept(path: str | None) -> set[str] | None:
-    """Tensor names from a JSON list, or the `transfer.kept` list of a job's metrics.json."""
+    """Tensor names from a JSON list, or the kept tensors of a job's metrics.json."""
     if path is None:
         return None
     value = json.loads(Path(path).read_text())
-    return set(value["transfer"]["kept"] if isinstance(value, dict) else value)
+    return set(kept_tensors(value) if isinstance(value, dict) else value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from maet.config import register_resolvers
-from maet.settings import ConfigError, load_settings
+from maet.settings import ConfigError
+from maet.validate import compose_checked, hydra_arguments, load_settings
 
 
 def swept_values(overrides: list[str], preset_params: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -48,14 +49,14 @@ def check_sweep(args: list[str], conf_dir: Path) -> int:
     """Validate each swept value of `launch.py -m <args>` (the others at their first value);
     raises ConfigError naming the sweep point. Returns the number of configs checked (0 when
     Hydra itself cannot compose them: it reports that better when it runs)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import initialize_config_dir
 
     register_resolvers()
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = hydra_arguments(args).overrides
     try:
         with initialize_config_dir(str(conf_dir), version_base="1.3"):
             fixed, swept = swept_values(overrides, {})
-            sweeper = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper
+            sweeper = compose_checked(fixed, return_hydra_config=True).hydra.sweeper
             if sweeper._target_.endswith("BasicSweeper"):
                 params = {str(k): str(v) for k, v in (sweeper.get("params") or {}).items()}
                 fixed, swept = swept_values(overrides, params)
@@ -64,7 +65,7 @@ def check_sweep(args: list[str], conf_dir: Path) -> int:
             for point in points:
                 job = [*fixed, *(f"{k}={v}" for k, v in point.items()), "paths.output_dir=."]
                 try:
-                    load_settings(compose("config", overrides=job))
+                    load_settings(compose_checked(job))
                 except ConfigError as err:
                     where = " ".join(f"{k}={v}" for k, v in point.items())
                     raise ConfigError(err.key, err.value, f"{err.allowed} (sweep point: {where})") from None

@@ -7,13 +7,35 @@ record. A tracker that fails to start or to log produces one warning and the job
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
-from maet.settings import TrackerSettings, redact
+from maet.settings import TrackerSettings
 
 log = logging.getLogger(__name__)
+SECRET_KEY = re.compile(r"(^|[_.-])(api_?key|secret|password|passwd|token|auth|credentials?)$", re.IGNORECASE)
+
+
+def redact(tree: Any) -> Any:
+    """A copy of a config tree with the values of secret-looking keys (api_key, token, password,
+    ...) replaced by "<redacted>", for anything that is logged (budget keys like `tokens` stay)."""
+    if isinstance(tree, dict):
+        return {k: "<redacted>" if SECRET_KEY.search(str(k)) and v is not None else redact(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact(v) for v in tree]
+    return tree
+
+
+def init_wandb(project: str, mode: str, run_dir: str, config: dict, name: str | None = None,
+               entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
+               job_type: str | None = None):
+    """The one `wandb.init` of the project (job runs and sweep-summary runs)."""
+    import wandb
+
+    return wandb.init(project=project, entity=entity, group=group, tags=tags or None, mode=mode, dir=run_dir,
+                      name=name, job_type=job_type, config=config, reinit="finish_previous")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -48,9 +70,8 @@ class WandbTracker:
         import wandb
 
         self._wandb = wandb
-        self.run = wandb.init(project=settings.project, entity=settings.entity, group=settings.group,
-                              tags=settings.tags or None, mode=settings.mode, dir=run_dir, name=name,
-                              config=config, reinit="finish_previous")
+        self.run = init_wandb(settings.project, settings.mode, run_dir, config, name, settings.entity,
+                              settings.group, settings.tags)
 
     broken = False  # after the first failure nothing more is sent (and one warning is enough)
 

@@ -1,15 +1,16 @@
 """Stage 3, transfer: which ability tensors to keep, and the merge
 `θ* = θ0 + β·R(Lj) + α·(M_T ⊙ R(A))` (the paper's Eq. 3).
 
-All functions are pure: tensors in, tensors out. Arithmetic is in fp32; results are cast to
-the base weight's dtype.
+All functions are pure: tensors in, tensors out. The arithmetic is `maet.merging.merge_tensor`
+(fp32, cast to the base weight's dtype).
 """
 
 from __future__ import annotations
 
 import torch
 
-from maet.extract import DenseDelta, RowDelta
+from maet.merging import merge_tensor
+from maet.types import DenseDelta, RowDelta
 
 
 def tensor_similarity(ability: RowDelta, language: DenseDelta) -> dict[str, float]:
@@ -57,13 +58,9 @@ def merge_weights(base: dict[str, torch.Tensor], language: DenseDelta | None, ab
     ability = {n: ability[n] for n in kept} if ability else {}
     merged = {}
     for name in dict.fromkeys([*language, *ability]):
-        weight = base[name].float()
-        if name in language:
-            weight = weight + beta * language[name].to(weight.device)
-        if name in ability:
-            rows, values = ability[name]
-            weight = weight.index_add(0, rows.to(weight.device), alpha * values.to(weight.device))
-        merged[name] = weight.to(base[name].dtype)
+        dense = [(beta, language[name])] if name in language else []
+        rows = [(alpha, *ability[name])] if name in ability else []
+        merged[name] = merge_tensor(base[name], dense, rows)
     return merged
 
 

@@ -10,13 +10,14 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra import initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from maet.config import PROJECT_ROOT, register_resolvers  # noqa: E402
 from maet.fetch_data import missing_files  # noqa: E402
 from maet.model import build_scratch_model, train_tokenizer  # noqa: E402
-from maet.settings import ScratchSettings, Settings, load_settings, reads_data_dir  # noqa: E402
+from maet.settings import ScratchSettings, Settings  # noqa: E402
+from maet.validate import compose_checked, load_settings, plain, reads_data_dir  # noqa: E402
 
 # Where `make data` puts MGSM, GSM8K and the text samples (the default `paths.data_dir`).
 DATA_DIR = (PROJECT_ROOT / "data").resolve()
@@ -80,18 +81,19 @@ def _reads_project_data(cfg) -> bool:
     """Whether a composed config reads the project's data folder (a config that does not convert
     to settings is left to the test, which expects its error)."""
     try:
-        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Settings), cfg))
+        settings = plain(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Settings), cfg)))
     except Exception:
         return False
     return reads_data_dir(settings) and Path(settings.paths.data_dir).resolve() == DATA_DIR
 
 
 def compose_config(*overrides: str):
-    """The config `launch.py` would compose with these overrides (paths.output_dir set); skipped
-    (failed in CI) when it reads the project's data folder and `make data` has not filled it."""
+    """The config `launch.py` would compose with these overrides (paths.output_dir set); a value the
+    schema rejects raises ConfigError, as in launch.py. Skipped (failed in CI) when it reads the
+    project's data folder and `make data` has not filled it."""
     register_resolvers()
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp", *overrides])
+        cfg = compose_checked(["paths.output_dir=/tmp", *overrides])  # schema errors as ConfigError
     if _reads_project_data(cfg):
         require_data()
     return cfg

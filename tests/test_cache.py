@@ -1,8 +1,9 @@
 import torch
 
 from conftest import load
-from maet import pipeline
-from maet.cache import ArtifactCache, artifact_key, pack_rows, unpack_rows
+from maet import keys
+from maet.cache import ArtifactCache, artifact_key
+from maet.types import pack_rows, unpack_rows
 
 
 def test_artifacts_round_trip_bit_exactly(tmp_path):
@@ -53,16 +54,16 @@ def test_key_depends_on_config_and_inputs():
 def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
     a = load()
     b = load("lang=bn", "merge.alpha=0.5", "merge.beta=0.3", "transfer.select=all")
-    for fn in (pipeline.base_config, pipeline.locate_config, pipeline.ability_config):
+    for fn in (keys.base_config, keys.locate_config, keys.ability_config):
         assert fn(a) == fn(b), fn.__name__
-    assert pipeline.language_config(a) != pipeline.language_config(b)
+    assert keys.language_config(a) != keys.language_config(b)
     c = load("merge.alpha=0.5", "extract.lr=0.02")
-    assert pipeline.language_config(a) == pipeline.language_config(c)
-    assert pipeline.ability_config(a) != pipeline.ability_config(c)
-    assert pipeline.locate_config(a) != pipeline.locate_config(load("locate.ratio=0.2"))
+    assert keys.language_config(a) == keys.language_config(c)
+    assert keys.ability_config(a) != keys.ability_config(c)
+    assert keys.locate_config(a) != keys.locate_config(load("locate.ratio=0.2"))
     d = load("extract.full_lr=0.1")  # the baselines' full-parameter ability CPT only
-    assert pipeline.ability_config(a) == pipeline.ability_config(d)
-    assert pipeline.ability_full_config(a) != pipeline.ability_full_config(d)
+    assert keys.ability_config(a) == keys.ability_config(d)
+    assert keys.ability_full_config(a) != keys.ability_full_config(d)
 
 
 def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):
@@ -76,7 +77,7 @@ def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):
 
 def test_cpt_all_trains_on_the_same_total_tokens_as_maet():
     s = load("extract.tokens=1000", "language.tokens=300")
-    assert pipeline.cpt_all_config(s)["tokens"] == 2 * 1000 + 300 == pipeline.maet_training_tokens(s)
+    assert keys.cpt_all_config(s)["tokens"] == 2 * 1000 + 300 == keys.maet_training_tokens(s)
     s = load("extract.tokens=1000", "language.tokens=300", "extract.subtract_general=false")
-    assert pipeline.cpt_all_config(s)["tokens"] == 1000 + 300
-    assert pipeline.cpt_all_config(load("lang=bn")) != pipeline.cpt_all_config(load("lang=sw"))
+    assert keys.cpt_all_config(s)["tokens"] == 1000 + 300
+    assert keys.cpt_all_config(load("lang=bn")) != keys.cpt_all_config(load("lang=sw"))

@@ -3,9 +3,10 @@ import torch
 from conftest import random_batches
 from maet import extract, locate
 from maet.model import block_linear_names, block_param_names
-from maet.settings import MODULES, TrainSettings
+from maet.settings import MODULES
+from maet.types import rows_to_dense
 
-TRAIN = TrainSettings(batch_size=2, seq_len=16, warmup_ratio=0.0)
+LOOP = {"warmup_ratio": 0.0, "weight_decay": 0.0, "grad_clip": 1.0}  # train.* defaults, no warmup
 
 
 def _mask(model, ratio=0.25, seed=0):
@@ -16,7 +17,7 @@ def _mask(model, ratio=0.25, seed=0):
 
 def _train_rows(model, mask, seed=0, steps=3):
     batches = random_batches(model.config.vocab_size, steps, seed=seed)
-    return extract.train_rows(model, mask, batches, steps, 1e-2, TRAIN, "test")
+    return extract.train_rows(model, mask, batches, steps, 1e-2, "test", **LOOP)
 
 
 def test_key_neuron_training_changes_only_the_selected_rows(tiny_model):
@@ -26,7 +27,7 @@ def test_key_neuron_training_changes_only_the_selected_rows(tiny_model):
     assert stats.steps == 3 and stats.tokens == 3 * 2 * 16
     assert all(torch.equal(before[n], p) for n, p in tiny_model.named_parameters()), "θ0 was modified"
     assert all(p.requires_grad for p in tiny_model.parameters()), "requires_grad flags not restored"
-    dense = extract.rows_to_dense(delta, shapes)
+    dense = rows_to_dense(delta, shapes)
     for name, d in dense.items():
         changed = d.abs().sum(dim=1) > 0
         selected = torch.zeros(shapes[name][0], dtype=torch.bool)
@@ -64,7 +65,7 @@ def test_ability_delta_subtracts_general_and_is_zero_outside_key_rows(tiny_model
     theta_a, _ = _train_rows(tiny_model, mask, seed=1)
     theta_g, _ = _train_rows(tiny_model, mask, seed=2)
     r_a = extract.ability_delta(theta_a, theta_g)
-    dense = extract.rows_to_dense(r_a, shapes)
+    dense = rows_to_dense(r_a, shapes)
     for name in mask:
         assert torch.equal(r_a[name][1], theta_a[name][1] - theta_g[name][1])
         outside = torch.ones(shapes[name][0], dtype=torch.bool)
@@ -79,14 +80,14 @@ def test_without_general_subtraction_ability_delta_is_theta_a_minus_theta_0(tiny
     params = dict(tiny_model.named_parameters())
     for name, (rows, values) in r_a.items():
         trained = params[name].detach().index_add(0, rows, values)  # θ_A
-        assert torch.allclose(trained - params[name].detach(), extract.rows_to_dense(r_a, shapes)[name], atol=1e-6)
+        assert torch.allclose(trained - params[name].detach(), rows_to_dense(r_a, shapes)[name], atol=1e-6)
 
 
 def test_full_cpt_returns_delta_and_restores_theta_0(tiny_model):
     names = block_param_names(tiny_model)
     before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     batches = random_batches(tiny_model.config.vocab_size, 2)
-    delta, stats = extract.train_full(tiny_model, names, batches, 2, 1e-2, TRAIN, "test")
+    delta, stats = extract.train_full(tiny_model, names, batches, 2, 1e-2, "test", **LOOP)
     assert set(delta) == set(names) and stats.steps == 2
     assert all(torch.equal(before[n], p) for n, p in tiny_model.named_parameters())
     assert all(delta[n].abs().sum() > 0 for n in names if "proj" in n)

@@ -5,7 +5,8 @@ import torch
 
 from conftest import random_batches
 from maet import locate
-from maet.model import block_linear_names, layer_of
+from maet.model import block_linear_names
+from maet.types import layer_of
 from maet.settings import MODULES
 
 

@@ -10,10 +10,11 @@ import yaml
 from conftest import load
 from omegaconf import OmegaConf
 
-from maet import pipeline, plots, report
+from maet import plots, report, summary as job_summary
 from maet.config import PROJECT_ROOT
 from maet.evaluate import split_items
 from maet.settings import ConfigError, EvalSettings
+from maet.types import layer_module
 
 
 def fake_summary(lang: str, method: str, alpha: float, seed: int, per_seed: list[float]) -> dict:
@@ -142,9 +143,9 @@ def test_report_cli_rebuilds_an_existing_sweep(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- per-run pictures and tables
 def test_tensor_names_map_to_layer_and_module():
-    assert plots.layer_module("model.layers.3.mlp.down_proj.weight") == (3, "down_proj")
-    assert plots.layer_module("model.language_model.layers.12.self_attn.q_proj.weight") == (12, "q_proj")
-    assert plots.layer_module("model.embed_tokens.weight") is None
+    assert layer_module("model.layers.3.mlp.down_proj.weight") == (3, "down_proj")
+    assert layer_module("model.language_model.layers.12.self_attn.q_proj.weight") == (12, "q_proj")
+    assert layer_module("model.embed_tokens.weight") is None
     layers, modules, grid = plots.tensor_grid({"model.layers.1.mlp.up_proj.weight": 2.0,
                                                "model.layers.0.self_attn.q_proj.weight": 1.0})
     assert layers == [0, 1] and modules == ["q_proj", "up_proj"] and grid == [[1.0, None], [None, 2.0]]
@@ -154,11 +155,11 @@ def test_run_plots_are_png_files(tmp_path):
     names = [f"model.layers.{i}.{m}.weight" for i in range(3) for m in ("self_attn.q_proj", "mlp.down_proj")]
     summary = {"key_neurons": {n: 4 + i for i, n in enumerate(names)},
                "transfer": {"similarity": {n: 0.1 * i - 0.2 for i, n in enumerate(names)}, "kept": names[:2]}}
-    images = pipeline.run_plots(summary, tmp_path)
+    images = job_summary.run_plots(summary, tmp_path)
     assert set(images) == {"plots/key_neurons", "plots/similarity"}
     for path in images.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert pipeline.run_plots({"key_neurons": {}, "transfer": {"similarity": {}, "kept": []}}, tmp_path) == {}
+    assert job_summary.run_plots({"key_neurons": {}, "transfer": {"similarity": {}, "kept": []}}, tmp_path) == {}
 
 
 def test_testbed_columns_line_up_when_rows_lack_a_comparison():
@@ -167,7 +168,7 @@ def test_testbed_columns_line_up_when_rows_lack_a_comparison():
     bpb = "heldout_sw/bits_per_byte"
     summary = {"testbed": [{"model": "maet", "seeds": 1, "arith_sw": cell, "vs_base": paired, bpb: 1.5},
                            {"model": "base", "seeds": 1, "arith_sw": cell, bpb: 1.7}]}
-    columns, rows = pipeline.testbed_flat(summary)
+    columns, rows = job_summary.testbed_flat(summary)
     assert columns == ["model", "seeds", "arith_sw", "arith_sw/low", "arith_sw/high", "vs_base", "vs_base/low",
                        "vs_base/high", "vs_base/p", "heldout_sw/bits_per_byte"]
     assert all(len(r) == len(columns) for r in rows)
@@ -271,3 +272,13 @@ def test_cache_entries_are_logged_as_wandb_artifacts_by_reference(tmp_path):
     assert b"ability-k123" in data and f"file://{entry.resolve()}".encode() in data
     # by reference: the tensors are not copied into W&B's staging area or the run's files
     assert not list((tmp_path / "run").rglob("tensors.safetensors"))
+
+
+def test_the_source_language_column_follows_the_configured_source_language():
+    summary = fake_summary("sw", "maet", 1.0, 0, [0.3])
+    assert report.job_row(summary)["english"] == 0.8  # no source_lang recorded: English
+    row = summary["testbed"][0]
+    row["arith_es"] = {**row["arith_en"], "mean": 0.6}
+    assert report.job_row({**summary, "source_lang": "es"})["english"] == 0.6  # not whatever ends in _en
+    assert job_summary.source_cell({**summary, "source_lang": "de"}, row) is None
+    assert job_summary.method_row(summary) is row and job_summary.kept_tensors({"transfer": {"kept": ["t"]}}) == ["t"]

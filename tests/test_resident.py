@@ -4,7 +4,7 @@ merges are built in place from it, and every job starts from exactly θ0. Per-st
 import torch
 
 from conftest import compose_config, load
-from maet import pipeline, world
+from maet import base, context, world
 from maet.cache import ArtifactCache
 
 SMALL = ["world.general_per_lang=200", "world.parallel_per_lang=50", "world.ability_per_lang=50",
@@ -15,33 +15,33 @@ SMALL = ["world.general_per_lang=200", "world.parallel_per_lang=50", "world.abil
 
 def _context(tmp_path, *overrides):
     s = load(*SMALL, f"paths.cache_dir={tmp_path}", *overrides)
-    return pipeline.Context(s, ArtifactCache(tmp_path), torch.device("cpu"), world.generate(s.world))
+    return context.Context(s, ArtifactCache(tmp_path), torch.device("cpu"), world.generate(s.world))
 
 
 def test_the_next_job_reuses_the_model_in_memory_reset_to_theta0(tmp_path):
-    pipeline._RESIDENT.clear()
+    base.forget_resident()
     first = _context(tmp_path)
-    model, _, key, theta0 = pipeline.resident_base(first)
+    model, _, key, theta0 = base.resident_base(first)
     assert first.stages["base"].in_memory is False and first.stages["base"].peak_rss_mib > 0
     name = next(iter(theta0))
     with torch.no_grad():  # a job that died with a merge loaded
         dict(model.named_parameters())[name].add_(1.0)
     second = _context(tmp_path, "lang=bn", "merge.alpha=0.5")
-    model2, _, key2, theta0_2 = pipeline.resident_base(second)
+    model2, _, key2, theta0_2 = base.resident_base(second)
     assert model2 is model and key2 == key and second.stages["base"].in_memory is True
     assert all(torch.equal(p, theta0[n]) for n, p in model2.named_parameters() if n in theta0)
     other = _context(tmp_path, "model.scratch.hidden_size=16")  # another base: loaded, not reused
-    model3, _, key3, _ = pipeline.resident_base(other)
+    model3, _, key3, _ = base.resident_base(other)
     assert model3 is not model and key3 != key and other.stages["base"].in_memory is False
-    pipeline._RESIDENT.clear()
+    base.forget_resident()
 
 
 def test_stage_peak_memory_is_per_stage():
-    pipeline.stage_peak_memory()
+    context.stage_peak_memory()
     big = torch.ones(64 * 2**20 // 4)  # a stage that touches 64 MiB and frees it
     del big
-    peak_of_that_stage, _ = pipeline.stage_peak_memory()
-    peak_of_an_idle_stage, _ = pipeline.stage_peak_memory()
+    peak_of_that_stage, _ = context.stage_peak_memory()
+    peak_of_an_idle_stage, _ = context.stage_peak_memory()
     assert peak_of_that_stage - peak_of_an_idle_stage > 48
 
 

@@ -11,10 +11,12 @@ import warnings
 import pytest
 
 from conftest import DATA_DIR, compose_config, load
-from maet import pipeline, tracking
+from maet import context, pipeline, tracking
 from maet.cache import ArtifactCache
 from maet.config import PROJECT_ROOT
-from maet.settings import ConfigError, check_group_overrides, redact, script_fraction
+from maet.settings import ConfigError
+from maet.tracking import redact
+from maet.validate import check_group_overrides, script_fraction
 
 SHARED = "experiment=shared_data"
 # name, overrides ({tmp}: a scratch folder holding empty.txt, a_file and model folders), key, part of "allowed"
@@ -265,16 +267,16 @@ def test_key_neuron_training_does_not_depend_on_the_masks_order(tiny_model):
     from conftest import random_batches
     from maet import extract, locate
     from maet.model import block_linear_names
-    from maet.settings import MODULES, TrainSettings
+    from maet.settings import MODULES
 
     names = block_linear_names(tiny_model, list(MODULES))
     shapes = {n: p.shape for n, p in tiny_model.named_parameters() if n in names}
     mask = locate.select_rows(locate.random_scores(shapes, 0), 0.25, "tensor")
-    train = TrainSettings(batch_size=2, seq_len=16, warmup_ratio=0.0, grad_clip=1e-3)  # the clip is active
+    loop = {"warmup_ratio": 0.0, "weight_decay": 0.0, "grad_clip": 1e-3}  # the clip is active
 
     def run(m):
         batches = random_batches(tiny_model.config.vocab_size, 4, seed=0)
-        return extract.train_rows(tiny_model, m, batches, 4, 1e-2, train, "test")[0]
+        return extract.train_rows(tiny_model, m, batches, 4, 1e-2, "test", **loop)[0]
 
     in_model_order, sorted_by_name = run(mask), run(dict(sorted(mask.items())))
     assert list(mask) != sorted(mask)  # the two orders differ
@@ -286,12 +288,12 @@ def test_a_stage_returns_its_tensors_in_one_order_computed_or_cached(tmp_path):
     """DARE draws its random drops tensor by tensor: the order must not depend on the cache."""
     import torch
 
-    from maet.extract import TrainStats
+    from maet.train import TrainStats
 
-    ctx = pipeline.Context(load(), ArtifactCache(tmp_path), torch.device("cpu"))
+    ctx = context.Context(load(), ArtifactCache(tmp_path), torch.device("cpu"))
     model_order = {"model.layers.1.mlp.up_proj.weight": torch.ones(2), "model.layers.0.self_attn.q_proj.weight":
                    torch.zeros(2), "model.layers.0.mlp.up_proj.weight": torch.full((2,), 2.0)}
-    computed, key = pipeline.cached_stage(ctx, "language", {"c": 1}, {}, lambda: (model_order, TrainStats(), {}))
-    cached, same_key = pipeline.cached_stage(ctx, "language", {"c": 1}, {}, lambda: pytest.fail("recomputed"))
+    computed, key = context.cached_stage(ctx, "language", {"c": 1}, {}, lambda: (model_order, TrainStats(), {}))
+    cached, same_key = context.cached_stage(ctx, "language", {"c": 1}, {}, lambda: pytest.fail("recomputed"))
     assert key == same_key and list(computed) == list(cached) == sorted(model_order)
     assert all(torch.equal(computed[n], cached[n]) for n in model_order)

@@ -133,3 +133,57 @@ def test_sweep_check_covers_every_value_of_presets_and_the_command_line():
     assert check_sweep(["-m", "+sweep=baselines", "lang=sw"], conf) == 1 + 8
     with pytest.raises(ConfigError, match=r"locate.ratio=2.0.*sweep point: .*locate.ratio=2"):
         check_sweep(["-m", "+sweep=ratio", "locate.ratio=0.1,2"], conf)
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("merge.alpha=abc", "merge.alpha", "float"),
+    ("locate.score=gradd", "locate.score", "did you mean 'grad'?"),
+    ("source_lang=bn", "source_lang", "lang@source_lang="),  # a value for a node that needs the group syntax
+    ("train=5", "train", "train.batch_size="),
+])
+def test_composition_rejects_what_the_schema_forbids_in_one_line(override, key, allowed, tmp_path):
+    """The schema registered with Hydra's ConfigStore: `--cfg job` (no model, no job) already fails."""
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), override, "--cfg", "job"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stdout == ""
+    line, = proc.stderr.strip().splitlines()  # one line
+    assert f"{key}=" in line and allowed in line and "?=" not in line, line
+
+
+def test_the_schema_is_what_hydra_composes_against():
+    with pytest.raises(ConfigError) as info:
+        _load("locate.scope=row")
+    assert info.value.key == "locate.scope" and "tensor, layer, global" in info.value.allowed
+    s = _load("locate.score=weight_change", "eval.split=dev", "eval.dev_size=4")
+    assert s.locate.score == "weight_change" and type(s.locate.score) is str  # jobs see plain strings
+
+
+def test_a_target_language_equal_to_the_source_is_rejected():
+    with pytest.raises(ConfigError) as info:
+        _load("lang=en")
+    assert info.value.key == "lang.code" and "source_lang.code='en'" in info.value.allowed
+
+
+
+def test_each_config_group_sets_only_the_keys_under_its_own_name():
+    """Only the presets (experiment, +ablation, +sweep) write elsewhere (`@package _global_`)."""
+    presets = {"experiment", "ablation", "sweep", "hydra"}
+    groups = [d for d in (PROJECT_ROOT / "conf").iterdir() if d.is_dir() and d.name not in presets]
+    assert {"extract", "language", "transfer", "merge"} <= {d.name for d in groups}
+    for folder in groups:
+        for path in folder.glob("*.yaml"):
+            assert "@package" not in path.read_text(), f"{path} writes outside `{folder.name}.*`"
+    s = _load("language.tokens=7", "transfer.tau=0.1", "merge.alpha=0.5", "extract.lr=0.2")
+    assert (s.language.tokens, s.transfer.tau, s.merge.alpha, s.extract.lr) == (7, 0.1, 0.5, 0.2)
+
+
+def test_help_lists_the_groups_and_every_key_with_its_doc():
+    from maet import helpdoc
+
+    assert helpdoc.main(["--check"]) == 0, "conf/hydra/help/maet.yaml is stale: run python -m maet.helpdoc"
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert "method: ability_only, base, cpt_all" in proc.stdout and "language: default" in proc.stdout
+    assert "merge.alpha" in proc.stdout and "coefficient μ of the ability weights" in proc.stdout
+    assert "defaults:" not in proc.stdout and "_target_" not in proc.stdout  # not a raw config dump

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from maet import streaming, transfer
-from maet.cache import pack_rows
+from maet.types import pack_rows
 
 
 def test_writer_output_is_read_back_exactly_by_the_safetensors_library(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maet import transfer
-from maet.methods import METHODS, MergeInputs
+from maet.methods import METHODS, Deltas
 
 
 NAMES = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
@@ -19,12 +19,16 @@ def _world(seed=0, dtype=torch.float32):
     return base, language, ability
 
 
-def _inputs(dtype=torch.float32, alpha=0.5, beta=1.0, **kw):
+PARAMS = {"alpha": 0.5, "beta": 1.0, "density": 0.5, "drop": 0.9, "swap_k": 1, "seed": 0}  # merge.* defaults
+
+
+def _inputs(dtype=torch.float32, **params):
+    """(Deltas, the merge.* values every method takes its own parameters from)."""
     base, language, ability = _world(dtype=dtype)
     g = torch.Generator().manual_seed(9)
     full = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
     cpt = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
-    return MergeInputs(base, language, ability, list(ability), alpha, beta, full, cpt, **kw)
+    return Deltas(base, language, ability, list(ability), full, cpt), PARAMS | params
 
 
 def _apply(base, weights):
@@ -35,7 +39,7 @@ def _apply(base, weights):
 def test_alpha_zero_gives_exactly_the_language_model(dtype):
     base, language, ability = _world(dtype=dtype)
     merged = _apply(base, transfer.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=1.0))
-    language_model = _apply(base, METHODS["language_only"].build(MergeInputs(base, language, ability, [], 1.0, 1.0)))
+    language_model = _apply(base, METHODS["language_only"](Deltas(base, language, ability, []), {}))
     assert all(torch.equal(merged[n], language_model[n]) for n in base)
     assert not torch.equal(language_model[W0], base[W0])
 
@@ -83,8 +87,8 @@ def test_tensor_selection_modes():
 @pytest.mark.parametrize("name", sorted(METHODS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_method_keeps_shapes_dtypes_and_is_finite(name, dtype):
-    x = _inputs(dtype=dtype)
-    weights = METHODS[name].build(x)
+    x, p = _inputs(dtype=dtype)
+    weights = METHODS[name](x, p)
     for n, w in weights.items():
         assert w.shape == x.base[n].shape and w.dtype == dtype and torch.isfinite(w.float()).all()
     assert (weights == {}) == (name == "base")
@@ -93,32 +97,32 @@ def test_every_method_keeps_shapes_dtypes_and_is_finite(name, dtype):
 
 @pytest.mark.parametrize("name", [n for n in sorted(METHODS) if n in ("maet", "task_arithmetic")])
 def test_alpha_zero_gives_the_language_model_for_additive_merges(name):
-    x = _inputs(alpha=0.0)
-    language_model = METHODS["language_only"].build(x)
-    merged = METHODS[name].build(x)
+    x, p = _inputs(alpha=0.0)
+    language_model = METHODS["language_only"](x, p)
+    merged = METHODS[name](x, p)
     assert all(torch.equal(merged.get(n, x.base[n]), language_model.get(n, x.base[n])) for n in x.base)
 
 
 def test_task_arithmetic_adds_the_full_ability_delta():
-    x = _inputs(alpha=0.7, beta=0.4)
-    merged = METHODS["task_arithmetic"].build(x)
+    x, p = _inputs(alpha=0.7, beta=0.4)
+    merged = METHODS["task_arithmetic"](x, p)
     for n in x.base:
         assert torch.allclose(merged[n], x.base[n] + 0.4 * x.language[n] + 0.7 * x.ability_full[n], atol=1e-6)
 
 
 def test_layer_swap_takes_exactly_the_configured_layers():
-    x = _inputs(swap_k=1)
-    merged = METHODS["layer_swap"].build(x)
+    x, p = _inputs(swap_k=1)
+    merged = METHODS["layer_swap"](x, p)
     for i, n in enumerate(NAMES):  # 4 layers, k=1: layers 0 and 3 from the language model
         source = x.language if i in (0, 3) else x.ability_full
         assert torch.equal(merged[n], x.base[n] + source[n]), n
-    x0 = _inputs(swap_k=0)
-    assert all(torch.equal(w, x0.base[n] + x0.ability_full[n]) for n, w in METHODS["layer_swap"].build(x0).items())
+    x0, p0 = _inputs(swap_k=0)
+    assert all(torch.equal(w, x0.base[n] + x0.ability_full[n]) for n, w in METHODS["layer_swap"](x0, p0).items())
 
 
 def test_cpt_all_applies_its_delta():
-    x = _inputs()
-    merged = METHODS["cpt_all"].build(x)
+    x, p = _inputs()
+    merged = METHODS["cpt_all"](x, p)
     assert all(torch.equal(merged[n], x.base[n] + x.cpt_all[n]) for n in x.base)
 
 
@@ -130,6 +134,27 @@ def test_load_weights_writes_into_the_model_in_place(tiny_model):
 
 
 def test_dare_without_dropping_is_task_arithmetic():
-    x = _inputs(drop=0.0)
-    dare, arithmetic = METHODS["dare"].build(x), METHODS["task_arithmetic"].build(x)
+    x, p = _inputs(drop=0.0)
+    dare, arithmetic = METHODS["dare"](x, p), METHODS["task_arithmetic"](x, p)
     assert all(torch.allclose(dare[n], arithmetic[n], atol=1e-6) for n in x.base)
+
+
+def test_each_method_takes_only_its_own_parameters():
+    params = {name: method.params for name, method in METHODS.items()}
+    assert params["maet"] == params["task_arithmetic"] == ("alpha", "beta")
+    assert params["ties"] == ("alpha", "beta", "density") and params["dare"] == ("alpha", "beta", "drop", "seed")
+    assert params["layer_swap"] == ("swap_k",) and params["base"] == params["cpt_all"] == ()
+    x, p = _inputs()
+    assert METHODS["layer_swap"](x, {"swap_k": 1}).keys() == METHODS["layer_swap"](x, p).keys()  # nothing else read
+
+
+def test_one_arithmetic_for_dense_and_row_deltas():
+    from maet.merging import merge_tensor
+
+    base, language, ability = _world()
+    rows, values = ability[W0]
+    merged = merge_tensor(base[W0], [(0.3, language[W0])], [(2.0, rows, values)])
+    expected = (base[W0] + 0.3 * language[W0]).index_add(0, rows, 2.0 * values)
+    assert torch.equal(merged, expected)
+    assert torch.equal(merge_tensor(base[W0]), base[W0])  # no delta: θ0 exactly
+    assert torch.equal(transfer.merge_weights(base, language, ability, [W0], 2.0, 0.3)[W0], merged)

@@ -1,0 +1,99 @@
+"""What each stage's cache key depends on, and nothing else (its inputs' keys are added by the
+stage): the mask and R(A) do not depend on the target language or the merge coefficients, R(Lj)
+does not depend on the ability, so a sweep over `lang` and `merge.alpha` computes each once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from maet import data, evaluate, world
+from maet.cache import artifact_key
+from maet.settings import CorpusSettings, Settings
+
+
+def fingerprint(s: Settings, corpus: CorpusSettings) -> dict:
+    """What a cache key needs to know of a corpus (file content hash, or world settings + name)."""
+    if corpus.source == "world":
+        return {"source": "world", "world": world.world_fingerprint(s.world), "name": corpus.path}
+    return data.corpus_fingerprint(corpus)
+
+
+# What each stage depends on, and nothing else (its inputs' keys are added by the stage).
+def base_config(s: Settings) -> dict:
+    """A scratch base: architecture, seed, pre-training, and the text it is built from (by content)."""
+    sc = s.model.scratch
+    if sc.corpus == "world":
+        text = {"world": world.world_fingerprint(s.world)}
+    else:
+        files = [data.corpus_fingerprint(CorpusSettings(path=p)) for p in sc.tokenizer_files]
+        text = {"ability": fingerprint(s, s.ability.corpus), "files": files}
+    pretrain = dataclasses.asdict(s.train) if sc.pretrain_tokens else None
+    return {"scratch": dataclasses.asdict(sc) | {"tokenizer_files": None}, "text": text, "train": pretrain}
+
+
+def locate_config(s: Settings) -> dict:
+    return {"locate": dataclasses.asdict(s.locate), "seed": s.seed,
+            "batch": [s.train.batch_size, s.train.seq_len],
+            "ability": fingerprint(s, s.ability.corpus),
+            "general": fingerprint(s, s.source_lang.corpus) if contrastive(s) else None,
+            "heldout_fraction": s.train.heldout_fraction if contrastive(s) else None,
+            "full_lr": s.extract.full_lr if s.locate.score == "weight_change" else None}
+
+
+def contrastive(s: Settings) -> bool:
+    return s.locate.contrast or s.locate.score == "activation"
+
+
+def ability_config(s: Settings) -> dict:
+    subtract = s.extract.subtract_general
+    extract_keys = {k: v for k, v in dataclasses.asdict(s.extract).items() if k != "full_lr"}  # baselines only
+    return {"extract": extract_keys, "train": dataclasses.asdict(s.train), "seed": s.seed,
+            "ability": fingerprint(s, s.ability.corpus),
+            "general": fingerprint(s, s.source_lang.corpus) if subtract else None}
+
+
+def language_config(s: Settings) -> dict:
+    return {"language": dataclasses.asdict(s.language), "train": dataclasses.asdict(s.train), "seed": s.seed,
+            "corpus": fingerprint(s, s.lang.corpus)}
+
+
+def ability_full_config(s: Settings) -> dict:
+    return {"tokens": s.extract.tokens, "lr": s.extract.full_lr, "train": dataclasses.asdict(s.train),
+            "seed": s.seed, "ability": fingerprint(s, s.ability.corpus)}
+
+
+def cpt_all_config(s: Settings) -> dict:
+    return {"tokens": maet_training_tokens(s), "lr": s.language.lr, "train": dataclasses.asdict(s.train),
+            "seed": s.seed, "ability": fingerprint(s, s.ability.corpus), "corpus": fingerprint(s, s.lang.corpus)}
+
+
+def oracle_config(s: Settings) -> dict:
+    return {"oracle": dataclasses.asdict(s.oracle), "train": dataclasses.asdict(s.train), "seed": s.seed,
+            "world": world.world_fingerprint(s.world), "lang": s.lang.code}
+
+
+def evaluate_config(s: Settings) -> dict:
+    if s.eval.benchmark == "arith":
+        data_files = {"world": world.world_fingerprint(s.world)}
+    elif s.eval.source == "hub":
+        data_files = {"hub": [evaluate.task_name(s.eval, code) for code in s.eval.langs]}
+    else:
+        data_files = [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]
+    return {"eval": dataclasses.asdict(s.eval), "heldout_fraction": s.train.heldout_fraction,
+            "lang_corpus": fingerprint(s, s.lang.corpus) if s.eval.heldout else None, "data": data_files}
+
+
+def base_artifact_key(s: Settings) -> str:
+    """Cache key of θ0: its build recipe (scratch) or where it is loaded from."""
+    m = s.model
+    if m.source != "scratch":
+        return artifact_key("base", {"source": m.source, "path": m.path, "dtype": m.dtype, "gguf_file": m.gguf_file})
+    return artifact_key("base", base_config(s))
+
+
+def maet_training_tokens(s: Settings) -> int:
+    """Tokens MAET trains on: θ_A, θ_G (unless extract.subtract_general=false) and R(Lj)."""
+    return s.extract.tokens * (2 if s.extract.subtract_general else 1) + s.language.tokens
+

@@ -1,0 +1,238 @@
+"""The one place that knows the `metrics.json` schema and the metric names: the summary of a
+job (written by `maet.pipeline.run`), the readers of it (`maet.report`, `maet.streaming`), the
+tables printed at the end of a run, and its pictures.
+
+Metric names: `<benchmark>_<lang>` is the accuracy on the benchmark in a language (the headline
+is the target language's; `<benchmark>_<source_lang>` the retention of the ability in the source
+language), `<benchmark>_<lang>/n` its item count, `heldout_<lang>/bits_per_byte` the LM loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+
+from maet import keys
+from maet.cache import ArtifactCache
+from maet.context import StageRecord
+from maet.methods import METHODS
+from maet.settings import Settings
+from maet.stats import interval_text, mean_interval, paired_difference
+
+
+def metric_name(benchmark: str, code: str) -> str:
+    """Accuracy on `benchmark` in language `code` (e.g. arith_sw)."""
+    return f"{benchmark}_{code}"
+
+
+@dataclass
+class JobResult:
+    metrics: dict[str, float]              # the method's metrics, averaged over seeds
+    per_seed: list[dict[str, float]]       # the method's metrics of each seed
+    testbed: dict[str, list[dict]]         # variant -> metrics of each seed (method and references)
+    items: dict[str, list[dict[str, float]]]  # variant -> per seed: item -> correct (target language)
+    predictions: list[dict]                # every evaluated model's, every seed (with "model" and "seed")
+    stages: dict[str, StageRecord]
+    similarity: dict[str, float]           # first seed
+    kept: list[str]                        # first seed
+    tensors: list[dict]                    # first seed: one row per ability tensor (see tensor_rows)
+    mask_rows: dict[str, int]
+    n_params: int
+
+
+def headline(s: Settings) -> str:
+    """Name of the headline metric: accuracy on the benchmark in the target language."""
+    return metric_name(s.eval.benchmark, s.lang.code)
+
+
+PAIRED_WITH = ("base", "language_only")
+
+
+def paired_items(a: list[dict[str, float]], b: list[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """Correctness of two models on the same (seed, item) pairs, aligned."""
+    xs, ys = [], []
+    for run_a, run_b in zip(a, b):
+        for doc in sorted(run_a.keys() & run_b.keys()):
+            xs.append(run_a[doc])
+            ys.append(run_b[doc])
+    return xs, ys
+
+
+def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
+    """One row per evaluated model: accuracy in each eval language (mean and 95% interval over
+    seeds), the paired difference in the target language against the base and the language-only
+    model (same items and seeds; exact McNemar p), and held-out bits per byte."""
+    rows = []
+    for variant, runs in result.testbed.items():
+        row = {"model": variant, "seeds": len(runs)}
+        for code in s.eval.langs:
+            name = metric_name(s.eval.benchmark, code)
+            mean, low, high = mean_interval([r[name] for r in runs], int(runs[0][f"{name}/n"]))
+            row[name] = {"mean": mean, "low": low, "high": high, "per_seed": [r[name] for r in runs]}
+        for ref in PAIRED_WITH:
+            if ref in result.items and ref != variant:
+                row[f"vs_{ref}"] = paired_difference(*paired_items(result.items[variant], result.items[ref]))
+        bpb = f"heldout_{s.lang.code}/bits_per_byte"
+        if bpb in runs[0]:
+            row[bpb] = sum(r[bpb] for r in runs) / len(runs)
+        rows.append(row)
+    return rows
+
+
+STAGES_OF = {"ability": ("locate", "ability"), "language": ("language",), "ability_full": ("ability_full",),
+             "cpt_all": ("cpt_all",), "oracle": ("oracle",)}
+
+
+def training_compute(s: Settings, result: JobResult) -> dict:
+    """Training compute of the method for one seed: tokens of every stage it needs (cached ones
+    counted at what they cost when made), FLOPs ≈ 6 · params · tokens, and the ratio to the
+    training baseline cpt_all, whose budget is MAET's total training tokens."""
+    needs = METHODS[s.method.name].needs
+    stages = {st for need in needs for st in STAGES_OF[need]}
+    if "language" in needs and s.language.train == "key_neurons":
+        stages.add("locate")
+    per_stage = {st: result.stages[st].cost_tokens for st in sorted(stages) if st in result.stages}
+    tokens = sum(per_stage.values())
+    return {"tokens": tokens, "flops": 6 * result.n_params * tokens, "per_stage": per_stage,
+            "cpt_all_tokens": keys.maet_training_tokens(s), "vs_cpt_all": tokens / keys.maet_training_tokens(s),
+            "note": "per seed; cached stages count at their cost, once per sweep in wall-clock"}
+
+
+def random_seeds(s: Settings) -> dict[str, int]:
+    """Every seed a job uses, by config key: `seed` (data order, training, random locate, DARE;
+    seed+k for the k-th of `report.seeds`), `eval.seed` (lm-eval), the world's and the scratch base's."""
+    return {"seed": s.seed, "report.seeds": s.report.seeds, "eval.seed": s.eval.seed, "world.seed": s.world.seed,
+            "model.scratch.seed": s.model.scratch.seed}
+
+
+def job_summary(s: Settings, result: JobResult) -> dict:
+    """The content of metrics.json."""
+    stages = {name: dataclasses.asdict(r) for name, r in result.stages.items()}
+    return {
+        "model": s.model.name, "ability": s.ability.name, "lang": s.lang.code, "source_lang": s.source_lang.code,
+        "method": s.method.name,
+        "alpha": s.merge.alpha, "beta": s.merge.beta, "seed": s.seed, "seeds": s.report.seeds,
+        "random_seeds": random_seeds(s),
+        "headline": headline(s), "split": s.eval.split, "metrics": result.metrics,
+        "metrics_per_seed": result.per_seed,
+        "testbed": testbed_rows(s, result), "stages": stages, "compute": training_compute(s, result),
+        "train_tokens": sum(r.train_tokens for r in result.stages.values() if not r.cached),
+        "transfer": {"similarity": result.similarity, "kept": result.kept, "tensors": result.tensors},
+        "key_neurons": result.mask_rows,
+    }
+
+
+def testbed_flat(summary: dict) -> tuple[list[str], list[list]]:
+    """(columns, rows) of the testbed with one number per cell (for W&B tables and CSV); a cell a
+    row does not have (a model's difference to itself) is None."""
+    flat_rows = []
+    for r in summary["testbed"]:
+        flat = {"model": r["model"], "seeds": r["seeds"]}
+        for key, cell in r.items():
+            if isinstance(cell, dict):
+                fields = ["mean", "low", "high"] if "mean" in cell else ["diff", "low", "high", "p"]
+                flat |= {key if f in ("mean", "diff") else f"{key}/{f}": cell[f] for f in fields}
+            elif key.startswith("heldout_"):
+                flat[key] = cell
+        flat_rows.append(flat)
+    columns = list(dict.fromkeys(c for flat in flat_rows for c in flat))
+    return columns, [[flat.get(c) for c in columns] for flat in flat_rows]
+
+
+def testbed_table(summary: dict, fmt: str = "github") -> str:
+    """Accuracy (%) of every evaluated model with 95% intervals, paired differences (points) in the
+    target language against the base and the language-only model, bits per byte of held-out text."""
+    rows = summary["testbed"]
+    acc_cols = [k for k in rows[0] if isinstance(rows[0][k], dict) and "mean" in rows[0][k]]
+    paired_cols = [f"vs_{ref}" for ref in PAIRED_WITH if any(f"vs_{ref}" in r for r in rows)]
+    extra = [k for k in rows[0] if k.startswith("heldout_")]
+    body = [[r["model"], *[interval_text(r[c]["mean"], r[c]["low"], r[c]["high"], width=5) for c in acc_cols],
+             *[paired_text(r.get(c)) for c in paired_cols],
+             *[f"{r[c]:.3f}" for c in extra]] for r in rows]
+    headers = ["model", *[f"{c} % [95% CI]" for c in acc_cols],
+               *[f"Δ {summary['headline']} {c.replace('_', ' ', 1)} [95% CI]" for c in paired_cols], *extra]
+    return tabulate(body, headers=headers, tablefmt=fmt)
+
+
+def stage_table(summary: dict) -> str:
+    """Stages grouped over seeds and models: computed / cached counts, seconds, training tokens,
+    peak memory (RSS, GPU) and optimizer state (largest over the group)."""
+    groups: dict[str, list[dict]] = {}
+    for name, record in summary["stages"].items():
+        groups.setdefault(name.split("/")[0], []).append(record)
+    rows = [[stage, sum(not r["cached"] for r in records), sum(r["cached"] for r in records),
+             f"{sum(r['seconds'] for r in records):.1f}", sum(r["train_tokens"] for r in records),
+             f"{max(r.get('peak_rss_mib', 0) for r in records):.0f}", f"{max(r.get('peak_gpu_mib', 0) for r in records):.0f}",
+             f"{max(r.get('optimizer_mib', 0) for r in records):.2f}"]
+            for stage, records in groups.items()]
+    return tabulate(rows, headers=["stage", "computed", "cached", "seconds", "train tokens", "peak RSS MiB",
+                                   "peak GPU MiB", "optimizer MiB"], tablefmt="github")
+
+
+def results_table(summary: dict) -> str:
+    """The human-readable end of a run: models x languages, then the stages."""
+    head = (f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} "
+            f"beta={summary['beta']} model={summary['model']} seeds={summary['seeds']} (from {summary['seed']})")
+    lines = [head, testbed_table(summary), "", stage_table(summary)]
+    c = summary["compute"]
+    lines.append(f"training compute of {summary['method']} (per seed): {c['tokens']:,} tokens, "
+                 f"{c['flops']:.2e} FLOPs, {c['vs_cpt_all']:.2f}x the cpt_all budget of {c['cpt_all_tokens']:,} tokens")
+    total = len(summary["transfer"]["similarity"])
+    if total:
+        lines.append(f"transfer (seed {summary['seed']}): kept {len(summary['transfer']['kept'])}/{total} ability tensors")
+    return "\n".join(lines)
+
+
+STAGE_ARTIFACTS = ("base", "locate", "ability", "language", "oracle", "ability_full", "cpt_all")
+
+
+def stage_artifacts(summary: dict, cache: ArtifactCache) -> list[tuple[str, str, Path]]:
+    """(name, type, cache folder) of every weight artifact this job used (W&B references, no upload)."""
+    found = {}
+    for name, record in summary["stages"].items():
+        stage = name.split("/")[0]
+        if stage in STAGE_ARTIFACTS and record["key"] and cache.exists(stage, record["key"]):
+            found[f"{stage}-{record['key']}"] = ("mask" if stage == "locate" else "model" if stage == "base"
+                                                 else "delta", cache.path(stage, record["key"]))
+    return [(name, kind, path) for name, (kind, path) in found.items()]
+
+
+def run_plots(summary: dict, folder: Path) -> dict[str, Path]:
+    """PNG pictures of one run: key neurons and R(A)/R(Lj) similarity per layer x module."""
+    from maet import plots  # matplotlib only where pictures are drawn
+
+    images = {}
+    if summary["key_neurons"]:
+        images["plots/key_neurons"] = plots.key_neuron_plot(summary["key_neurons"], folder / "key_neurons.png")
+    if summary["transfer"]["similarity"]:
+        images["plots/similarity"] = plots.similarity_plot(summary["transfer"]["similarity"],
+                                                           summary["transfer"]["kept"], folder / "similarity.png")
+    return images
+
+
+def paired_text(cell: dict | None) -> str:
+    """`+3.1 [-2.0, +8.2] p=0.250`: a paired difference in points; "" for None."""
+    if cell is None:
+        return ""
+    return f"{interval_text(cell['diff'], cell['low'], cell['high'], signed=True, width=5)} p={cell['p']:.3f}"
+
+
+# ----------------------------------------------------------------------------- readers of metrics.json
+def method_row(summary: dict) -> dict:
+    """The testbed row of the job's own method."""
+    return next(r for r in summary["testbed"] if r["model"] == summary["method"])
+
+
+def source_cell(summary: dict, row: dict) -> dict | None:
+    """The row's accuracy cell in the source language (English retention), None if not evaluated."""
+    benchmark = summary["headline"].removesuffix(f"_{summary['lang']}")
+    cell = row.get(metric_name(benchmark, summary.get("source_lang", "en")))  # older files: English was the source
+    return cell if isinstance(cell, dict) and "mean" in cell else None
+
+
+def kept_tensors(summary: dict) -> list[str]:
+    """The ability tensors the job transferred (its first seed)."""
+    return summary["transfer"]["kept"]
