@@ -214,8 +214,9 @@ def overview() -> str:
         block = current_block((PROJECT_ROOT / table.doc).read_text(), table.name)
         match = STAMP.search(block)
         stale = "not regenerated at the latest run; " if block.startswith("**Not regenerated") else ""
+        older = re.search(r"since commit `([^`]+)`", block.splitlines()[0] if block else "")
         cells = ([f"{stale}`{match['commit']}`", match["wall"], match["cache"], f"{match['start']} / {match['end']}"]
-                 if match else ["never", "", "", ""])
+                 if match else [f"`{older[1]}`, not regenerated since" if older else "never", "", "", ""])
         rows.append(f"| `{table.name}` | {table.doc} | `{command_line(table)}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
