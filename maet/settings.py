@@ -35,7 +35,8 @@ WorldScript = choices("WorldScript", "latin", "bengali", "telugu", "thai")
 WordOrder = choices("WordOrder", "SVO", "SOV", "VSO")
 LocateScore = choices("LocateScore", "grad", "weight_change", "activation", "random")
 LocateScope = choices("LocateScope", "tensor", "layer", "global")
-TransferSelect = choices("TransferSelect", "threshold", "ratio", "all")
+TransferSelect = choices("TransferSelect", "threshold", "ratio", "all", "abs_threshold")
+TransferSimilarity = choices("TransferSimilarity", "tensor", "rows")
 LanguageTrain = choices("LanguageTrain", "full", "key_neurons")
 Benchmark = choices("Benchmark", "mgsm", "arith", "task")
 EvalSource = choices("EvalSource", "local", "hub")
@@ -182,6 +183,7 @@ class TransferSettings:
     select: TransferSelect = TransferSelect.threshold
     tau: float = 0.0
     keep: float = 0.5
+    similarity: TransferSimilarity = TransferSimilarity.tensor  # cosine over the whole tensor | its key rows
 
 
 @dataclass

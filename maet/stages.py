@@ -148,7 +148,7 @@ def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[st
     start, t = time.perf_counter(), ctx.settings.transfer
     if ability_delta is None:
         return {}, []
-    similarity = transfer.tensor_similarity(ability_delta, language_delta or {})
+    similarity = transfer.tensor_similarity(ability_delta, language_delta or {}, t.similarity)
     kept = transfer.select_tensors(similarity, t.select, t.tau, t.keep)
     ctx.record("transfer", False, start)
     return similarity, kept

@@ -13,11 +13,14 @@ from maet.merging import merge_tensor
 from maet.types import DenseDelta, RowDelta
 
 
-def tensor_similarity(ability: RowDelta, language: DenseDelta) -> dict[str, float]:
+def tensor_similarity(ability: RowDelta, language: DenseDelta, over: str = "tensor") -> dict[str, float]:
     """`s_t = cos(vec R(A)[t], vec R(Lj)[t])` for every tensor t where R(A) is defined.
 
-    R(A)[t] is zero outside its rows, so the dot product only reads those rows of R(Lj)[t];
-    the norm of R(Lj)[t] is over the whole tensor. A tensor without language delta gets 0.
+    R(A)[t] (`[k, in]` values on k rows of a `[out, in]` tensor) is zero outside its rows, so the
+    dot product only reads those rows of R(Lj)[t]. over="tensor": the norm of R(Lj)[t] is over the
+    whole tensor (the cosine of the two flattened tensors; |s_t| ≤ ‖R(Lj)[t][rows]‖ / ‖R(Lj)[t]‖);
+    over="rows": over the key rows only (the cosine of the two `[k, in]` blocks, in [-1, 1]).
+    A tensor without language delta gets 0.
     """
     sims = {}
     for name, (rows, values) in ability.items():
@@ -25,8 +28,9 @@ def tensor_similarity(ability: RowDelta, language: DenseDelta) -> dict[str, floa
         if lang is None:
             sims[name] = 0.0
             continue
-        dot = (values.double() * lang.index_select(0, rows).double()).sum()
-        norms = values.double().norm() * lang.double().norm()
+        lang_rows = lang.index_select(0, rows).double()
+        dot = (values.double() * lang_rows).sum()
+        norms = values.double().norm() * (lang_rows if over == "rows" else lang.double()).norm()
         sims[name] = float(dot / norms) if norms > 0 else 0.0
     return sims
 
@@ -34,12 +38,15 @@ def tensor_similarity(ability: RowDelta, language: DenseDelta) -> dict[str, floa
 def select_tensors(similarity: dict[str, float], select: str, tau: float, keep: float) -> list[str]:
     """Names of the ability tensors to transfer (least entangled with the language first).
 
-    threshold: s_t < tau; ratio: the `max(1, round(keep*n))` lowest s_t; all: every tensor.
+    threshold: s_t < tau; abs_threshold: |s_t| < tau (tensors that point against R(Lj) are
+    entangled too); ratio: the `max(1, round(keep*n))` lowest s_t; all: every tensor.
     """
     if select == "all":
         return list(similarity)
     if select == "threshold":
         return [n for n, s in similarity.items() if s < tau]
+    if select == "abs_threshold":
+        return [n for n, s in similarity.items() if abs(s) < tau]
     if select == "ratio":
         ranked = sorted(similarity, key=lambda n: (similarity[n], n))
         chosen = set(ranked[:max(1, round(keep * len(ranked)))])

@@ -368,6 +368,9 @@ def _merging(s: Settings) -> None:
     tr, m = s.transfer, s.merge
     _check("transfer.tau", tr.tau, _finite(tr.tau) and -1 <= tr.tau <= 1, "a number in [-1, 1]")
     _check("transfer.keep", tr.keep, _finite(tr.keep) and 0 < tr.keep <= 1, "a number in (0, 1]")
+    if tr.select == "abs_threshold":
+        _check("transfer.tau", tr.tau, tr.tau > 0,
+               "a number in (0, 1] with transfer.select=abs_threshold (it keeps |s_t| < tau)")
     _check("merge.alpha", m.alpha, _finite(m.alpha), "a finite number")
     _check("merge.beta", m.beta, _finite(m.beta), "a finite number")
     _check("merge.density", m.density, _finite(m.density) and 0 < m.density <= 1, "a number in (0, 1]")

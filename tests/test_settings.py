@@ -39,6 +39,8 @@ def test_shared_data_config_is_valid():
     ("merge.alpha=nan", "merge.alpha", "finite"),
     ("merge.beta=inf", "merge.beta", "finite"),
     ("transfer.select=best", "transfer.select", "threshold, ratio, all"),
+    ("transfer.select=abs_threshold", "transfer.tau", "(0, 1]"),
+    ("transfer.similarity=cols", "transfer.similarity", "tensor, rows"),
     ("transfer.keep=0", "transfer.keep", "(0, 1]"),
     ("eval.limit=0", "eval.limit", ">= 1"),
     ("experiment=shared_data eval.langs=[sw,xx]", "eval.langs", "benchmark file"),

@@ -75,6 +75,18 @@ def test_similarity_is_the_cosine_of_the_flattened_tensors():
     assert transfer.tensor_similarity(ability, {})[W0] == 0.0
 
 
+def test_similarity_over_the_key_rows_is_the_cosine_of_those_rows():
+    base, language, ability = _world()
+    sims = transfer.tensor_similarity(ability, language, over="rows")
+    whole = transfer.tensor_similarity(ability, language)
+    for n, (rows, values) in ability.items():
+        expected = torch.nn.functional.cosine_similarity(values.flatten(), language[n][rows].flatten(), dim=0)
+        assert sims[n] == pytest.approx(float(expected), abs=1e-6)
+        assert abs(whole[n]) <= abs(sims[n]) + 1e-9  # the whole-tensor norm is the larger one
+    aligned = {W0: (ability[W0][0], language[W0][ability[W0][0]].clone())}  # R(A) = R(Lj) on its rows
+    assert transfer.tensor_similarity(aligned, language, over="rows")[W0] == pytest.approx(1.0)
+
+
 def test_tensor_selection_modes():
     sims = {"a": 0.3, "b": -0.2, "c": 0.0, "d": -0.5}
     assert transfer.select_tensors(sims, "threshold", 0.0, 0.5) == ["b", "d"]
@@ -82,6 +94,7 @@ def test_tensor_selection_modes():
     assert transfer.select_tensors(sims, "ratio", 0.0, 0.5) == ["b", "d"]
     assert transfer.select_tensors(sims, "ratio", 0.0, 0.75) == ["b", "c", "d"]
     assert transfer.select_tensors(sims, "all", 0.0, 0.5) == ["a", "b", "c", "d"]
+    assert transfer.select_tensors(sims, "abs_threshold", 0.25, 0.5) == ["b", "c"]
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
