@@ -44,11 +44,14 @@ def sweep_block(sweep_dir: Path) -> str:
     return (sweep_dir / "summary.md").read_text().strip()
 
 
-def benchmark_block(_: Path) -> str:
-    """`python -m benchmarks.table` over benchmarks/results/*.json."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.table"], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, check=True)
-    return proc.stdout.strip()
+def command_stdout(out: Path) -> str:
+    """What the command printed (`python -m benchmarks.table`: the table of benchmarks/results/*.json)."""
+    return (out / STDOUT).read_text().strip()
+
+
+def no_block(_: Path) -> str:
+    """A command whose output is a results file, not a table of its own."""
+    return ""
 
 
 def _gemma_ready() -> str | None:
@@ -81,10 +84,6 @@ GEMMA = ("launch.py", "experiment=shared_data", "model=gemma3_270m_gguf", "lang=
          "language.lr=2e-5", "eval.limit=8", "eval.max_gen_toks=128", "eval.batch_size=8")
 
 
-def NOTHING(_: Path) -> str:  # noqa: N802 (a block of a command whose output is a results file)
-    return ""
-
-
 TABLES = [
     Table("default", "README.md", ("launch.py",), run_block),
     Table("default_bn", "README.md", ("launch.py", "lang=bn"), run_block),
@@ -97,16 +96,17 @@ TABLES = [
     Table("ablations", "sweeps/README.md", ("launch.py", "-m", "+sweep=ablations"), sweep_block, "sweep",
           default=False),
     # Benchmarks write benchmarks/results/<name>.json; the `benchmarks` table is made from those files.
-    Table("bench_stages", "", ("-m", "benchmarks.stages"), NOTHING, "command", cache_args=()),
-    Table("bench_sweep", "", ("-m", "benchmarks.sweep"), NOTHING, "command", cache_args=("--cache", "{cache}")),
-    Table("bench_evaluate", "", ("-m", "benchmarks.evaluate"), NOTHING, "command"),
-    Table("bench_threads", "", ("-m", "benchmarks.threads"), NOTHING, "command", cache_args=()),
-    Table("bench_merge", "", ("-m", "benchmarks.merge"), NOTHING, "command", default=False, cache_args=()),
-    Table("benchmarks", "benchmarks/README.md", ("-m", "benchmarks.table"), benchmark_block, "command", fence=False,
+    Table("bench_stages", "", ("-m", "benchmarks.stages"), no_block, "command", cache_args=()),
+    Table("bench_sweep", "", ("-m", "benchmarks.sweep"), no_block, "command", cache_args=("--cache", "{cache}")),
+    Table("bench_evaluate", "", ("-m", "benchmarks.evaluate"), no_block, "command"),
+    Table("bench_threads", "", ("-m", "benchmarks.threads"), no_block, "command", cache_args=()),
+    Table("bench_merge", "", ("-m", "benchmarks.merge"), no_block, "command", default=False, cache_args=()),
+    Table("benchmarks", "benchmarks/README.md", ("-m", "benchmarks.table"), command_stdout, "command", fence=False,
           cache_args=()),
 ]
 MARK = "<!-- results:{} -->"
 END = "<!-- /results:{} -->"
+STDOUT = "stdout.txt"  # in a table's output folder: what its command printed (stderr goes to <name>.log)
 
 
 def git_commit() -> str:
@@ -156,15 +156,16 @@ def run_table(table: Table, work: Path, cache: Path) -> tuple[str, str]:
     """Runs one table's command; returns (table text, stamp details). Raises RuntimeError on failure."""
     out = work / table.name
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     hydra_dir = {"run": [f"hydra.run.dir={out}"], "sweep": [f"hydra.sweep.dir={out}"], "command": []}[table.kind]
     extra = [*(arg.format(cache=cache) for arg in table.cache_args), *hydra_dir]
     entries = sum(1 for stage in cache.glob("*") for _ in stage.glob("*")) if cache.is_dir() else 0
     load = load_average()
     start = time.monotonic()
     log = work / f"{table.name}.log"
-    with open(log, "w") as fh:
+    with open(out / STDOUT, "w") as stdout, open(log, "w") as stderr:
         proc = subprocess.run([sys.executable, *table.argv, *extra], cwd=PROJECT_ROOT, env={**os.environ, **OFFLINE},
-                              stdout=fh, stderr=subprocess.STDOUT)
+                              stdout=stdout, stderr=stderr)
     seconds = time.monotonic() - start
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
@@ -180,16 +181,20 @@ def stamp(table: Table, commit: str, details: str) -> str:
             f"{when}: {details}; {machine_line()}.")
 
 
+def _block(name: str) -> re.Pattern:
+    """The markers of `name` and, as group 1, what lies between them."""
+    return re.compile(re.escape(MARK.format(name)) + r"\n(.*?)" + re.escape(END.format(name)), re.DOTALL)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     """`text` with the content between the markers of `name` replaced by `body`."""
-    pattern = re.compile(re.escape(MARK.format(name)) + r"\n.*?" + re.escape(END.format(name)), re.DOTALL)
-    if not pattern.search(text):
+    if not _block(name).search(text):
         raise KeyError(f"no {MARK.format(name)} ... {END.format(name)} block")
-    return pattern.sub(lambda _: f"{MARK.format(name)}\n{body}\n{END.format(name)}", text, count=1)
+    return _block(name).sub(lambda _: f"{MARK.format(name)}\n{body}\n{END.format(name)}", text, count=1)
 
 
 def current_block(text: str, name: str) -> str:
-    match = re.search(re.escape(MARK.format(name)) + r"\n(.*?)" + re.escape(END.format(name)), text, re.DOTALL)
+    match = _block(name).search(text)
     return match.group(1).rstrip("\n") if match else ""
 
 
@@ -221,9 +226,14 @@ def overview() -> str:
     return "\n".join(rows)
 
 
-def regenerate(tables: list[Table], work: Path) -> list[tuple[str, str, str]]:
+def write_overview() -> None:
+    """README's `reproduce` block rewritten from the stamps."""
+    readme = PROJECT_ROOT / "README.md"
+    readme.write_text(replace_block(readme.read_text(), "reproduce", overview()))
+
+
+def regenerate(tables: list[Table], work: Path, commit: str) -> list[tuple[str, str, str]]:
     """Runs every table and rewrites its doc; returns (name, status, details) per table."""
-    commit = git_commit()
     cache = work / "cache"
     report = []
     for table in tables:
@@ -243,8 +253,6 @@ def regenerate(tables: list[Table], work: Path) -> list[tuple[str, str, str]]:
             doc.write_text(replace_block(doc.read_text(), table.name, body))
         print(f"[results] {table.name}: {status}: {details}", flush=True)
         report.append((table.name, status, details))
-    readme = PROJECT_ROOT / "README.md"
-    readme.write_text(replace_block(readme.read_text(), "reproduce", overview()))
     return report
 
 
@@ -255,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overview", action="store_true", help="only rewrite README's overview from the stamps")
     args = parser.parse_args(argv)
     if args.overview:
-        readme = PROJECT_ROOT / "README.md"
-        readme.write_text(replace_block(readme.read_text(), "reproduce", overview()))
+        write_overview()
         return 0
     names = {t.name: t for t in TABLES}
     if args.list:
@@ -268,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in wanted if n not in names]
     if unknown:
         parser.error(f"unknown table(s) {', '.join(unknown)}: allowed are {', '.join(names)}")
-    work = PROJECT_ROOT / "outputs" / "results" / git_commit()
+    commit = git_commit()
+    work = PROJECT_ROOT / "outputs" / "results" / commit
     work.mkdir(parents=True, exist_ok=True)
-    report = regenerate([names[n] for n in wanted], work)
+    report = regenerate([names[n] for n in wanted], work, commit)
+    write_overview()
     failed = [name for name, status, _ in report if status != "regenerated"]
     print(f"[results] {len(report) - len(failed)} of {len(report)} regenerated" +
           (f"; not: {', '.join(failed)}" if failed else ""))

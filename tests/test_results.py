@@ -43,7 +43,7 @@ def _table(tmp_path, code: str) -> results.Table:
 def test_regenerate_writes_the_commands_table_with_a_stamp(tmp_path):
     (tmp_path / "doc.md").write_text(DOC)
     code = f"open({str(tmp_path / 'made.txt')!r}, 'w').write('| a |\\n| 1 |')"
-    report = results.regenerate([_table(tmp_path, code)], tmp_path)
+    report = results.regenerate([_table(tmp_path, code)], tmp_path, results.git_commit())
     assert report[0][1] == "regenerated"
     text = (tmp_path / "doc.md").read_text()
     block = results.current_block(text, "demo")
@@ -52,14 +52,23 @@ def test_regenerate_writes_the_commands_table_with_a_stamp(tmp_path):
     assert text.startswith("# Title\nintro\n") and text.endswith("after\n")
 
 
+def test_a_command_table_is_what_the_command_printed(tmp_path):
+    (tmp_path / "doc.md").write_text(DOC)
+    code = "import sys; print('| b |'); print('noise', file=sys.stderr)"
+    table = results.Table("demo", str(tmp_path / "doc.md"), ("-c", code), results.command_stdout, kind="command",
+                          cache_args=())
+    assert results.regenerate([table], tmp_path, "abc1234")[0][1] == "regenerated"
+    assert results.current_block((tmp_path / "doc.md").read_text(), "demo").endswith("```\n| b |\n```")
+
+
 def test_a_failing_command_keeps_the_old_table_and_says_so(tmp_path):
     (tmp_path / "doc.md").write_text(DOC)
-    report = results.regenerate([_table(tmp_path, "raise SystemExit(3)")], tmp_path)
+    report = results.regenerate([_table(tmp_path, "raise SystemExit(3)")], tmp_path, results.git_commit())
     assert report[0][1] == "NOT regenerated" and "exited with 3" in report[0][2]
     block = results.current_block((tmp_path / "doc.md").read_text(), "demo")
     assert block.startswith(f"**Not regenerated at commit `{results.git_commit()}`**")
     assert "old table" in block
-    results.regenerate([_table(tmp_path, "raise SystemExit(4)")], tmp_path)  # again: one such line, not two
+    results.regenerate([_table(tmp_path, "raise SystemExit(4)")], tmp_path, "abc1234")  # again: one such line, not two
     assert results.current_block((tmp_path / "doc.md").read_text(), "demo").count("**Not regenerated") == 1
 
 
