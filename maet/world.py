@@ -110,8 +110,16 @@ class Renderer:
         return " ".join(words) + " ?"
 
     # general sentences -------------------------------------------------------
-    def general(self, rng: random.Random) -> str:
-        name, kind = rng.choice(NAMES), rng.randrange(5)
+    def general(self, rng: random.Random, problem_forms: bool = True) -> str:
+        """One general sentence; `problem_forms` adds the sentence forms word problems use
+        ("tom gets 4 more .", "how many cups does ana have ?"), so that every word of a problem
+        also occurs in its language's general text."""
+        name, kind = rng.choice(NAMES), rng.randrange(7 if problem_forms else 5)
+        if kind == 5:
+            extra = [self.lex["in"], self.lex["the"], self.lex[rng.choice(PLACES)]] if rng.random() < 0.5 else []
+            return self.sentence(self.clause([name], [self.lex["gets"]], [str(rng.randint(1, 20)), self.lex["more"]], extra))
+        if kind == 6:
+            return self.question(name, rng.choice(OBJECTS))
         if kind == 0:
             n = rng.randint(1, 20)
             return self.sentence(self.clause([name], [self.lex["has"]], self.noun_phrase(rng.choice(OBJECTS), n)))
@@ -162,7 +170,8 @@ def all_frames(max_operand: int) -> list[tuple]:
 @dataclass
 class World:
     settings: WorldSettings
-    general: dict[str, list[str]]
+    general: dict[str, list[str]]           # the stages' general text C(L) per language
+    pretrain_general: dict[str, list[str]]  # the base's general text: other sentences of the same source
     parallel: dict[str, list[str]]
     ability: dict[str, list[str]]
     benchmark: dict[str, list[dict]]
@@ -176,24 +185,27 @@ def generate(settings: WorldSettings) -> World:
     n_bench = settings.benchmark_per_lang
     bench_frames, train_frames = frames[:n_bench], frames[n_bench:]
 
-    general, parallel, ability, benchmark = {}, {}, {}, {}
+    general, pretrain_general, parallel, ability, benchmark = {}, {}, {}, {}, {}
+    forms = settings.problem_forms
     for code, r in renderers.items():
         rng = random.Random(f"{settings.seed}:general:{code}")
-        general[code] = [r.general(rng) for _ in range(settings.general_per_lang)]
+        general[code] = [r.general(rng, forms) for _ in range(settings.general_per_lang)]
+        rng = random.Random(f"{settings.seed}:pretrain-general:{code}")
+        pretrain_general[code] = [r.general(rng, forms) for _ in range(settings.pretrain_general_per_lang)]
         prng = random.Random(f"{settings.seed}:parallel:{code}")
         pairs = []
         for _ in range(settings.parallel_per_lang if code != "en" else 0):
             state = prng.getstate()
-            en_sentence = renderers["en"].general(prng)
+            en_sentence = renderers["en"].general(prng, forms)
             prng.setstate(state)
-            pairs.append(f"{en_sentence} ||| {r.general(prng)}")
+            pairs.append(f"{en_sentence} ||| {r.general(prng, forms)}")
         parallel[code] = pairs
         arng = random.Random(f"{settings.seed}:ability:{code}")
         chosen = [train_frames[arng.randrange(len(train_frames))] for _ in range(settings.ability_per_lang)]
         ability[code] = [" ".join(r.problem(f)) for f in chosen]
         benchmark[code] = [{"question": q, "answer": int(ans.split("=")[1].strip(" ."))}
                            for q, ans in (r.problem(f) for f in bench_frames)]
-    return World(settings, general, parallel, ability, benchmark)
+    return World(settings, general, pretrain_general, parallel, ability, benchmark)
 
 
 def equations(max_operand: int) -> list[str]:
@@ -203,12 +215,14 @@ def equations(max_operand: int) -> list[str]:
 
 
 def pretraining_mix(world: World) -> list[str]:
-    """The base's pre-training text: general text of every language, parallel pairs, bare
-    equations (language-neutral math text, as web text has) and a little English arithmetic."""
+    """The base's pre-training text: general text of every language (its own sentences, so that
+    the stages' general corpora are fresh text for the model, as continual pre-training data is),
+    parallel pairs, bare equations (language-neutral math text, as web text has) and a little
+    English arithmetic."""
     s = world.settings
     facts = equations(s.max_operand)
     facts = (facts * (s.pretrain_equations // len(facts) + 1))[:s.pretrain_equations]
-    docs = [d for code in world.general for d in world.general[code]]
+    docs = [d for code in world.pretrain_general for d in world.pretrain_general[code]]
     docs += [d for code in world.parallel for d in world.parallel[code]]
     return docs + facts + world.ability["en"][-s.pretrain_ability_en:] if s.pretrain_ability_en else docs + facts
 

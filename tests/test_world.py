@@ -11,7 +11,7 @@ from maet.settings import WorldSettings
 SMALL = WorldSettings(
     languages=[Lang("en", "latin", "SVO", False, 0.0), Lang("sw", "latin", "SVO", True, 0.5),
                Lang("bn", "bengali", "SOV", False, 0.5), Lang("te", "telugu", "VSO", False, 1.0)],
-    general_per_lang=300, parallel_per_lang=50, ability_per_lang=500, benchmark_per_lang=100,
+    general_per_lang=300, pretrain_general_per_lang=300, parallel_per_lang=50, ability_per_lang=500, benchmark_per_lang=100,
     pretrain_equations=20, pretrain_ability_en=10)
 
 
@@ -89,3 +89,22 @@ def test_parallel_pairs_say_the_same_thing(w):
         en, sw = pair.split(" ||| ")
         assert re.findall(r"\d+", en) == re.findall(r"\d+", sw)
         assert [x for x in en.split() if x in world.NAMES] == [x for x in sw.split() if x in world.NAMES]
+
+
+def test_every_problem_word_occurs_in_its_languages_general_text(w):
+    # problem_forms: a target language's words for "gets", "more", "how many" ... are learnable from
+    # its general text (without them no method could read a problem it never saw in that language)
+    for code, items in w.benchmark.items():
+        general = {word for doc in w.general[code] for word in doc.split()}
+        missing = {word for item in items for word in item["question"].split()} - general - {world.ANSWER}
+        assert not missing, (code, missing)
+    old = world.generate(WorldSettings(**{**SMALL.__dict__, "problem_forms": False}))
+    assert any(word not in {x for doc in old.general["sw"] for x in doc.split()}
+               for item in old.benchmark["sw"] for word in item["question"].split() if word != world.ANSWER)
+
+
+def test_pretraining_general_text_is_drawn_apart_from_the_stages_text(w):
+    assert len(w.pretrain_general["sw"]) == SMALL.pretrain_general_per_lang
+    assert w.pretrain_general["sw"] != w.general["sw"][:SMALL.pretrain_general_per_lang]
+    mix = world.pretraining_mix(w)
+    assert all(doc in mix for doc in w.pretrain_general["bn"])
