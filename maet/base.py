@@ -34,7 +34,7 @@ _RESIDENT: dict[str, tuple] = {}
 
 
 def resident_base(ctx: Context):
-    """(model, tokenizer, key, θ0 of every block tensor), reusing the previous job's model when it is
+    """(model, tokenizer, key, θ0 of every parameter), reusing the previous job's model when it is
     the same base on the same device (its block tensors are reset to θ0 first)."""
     start, s = time.perf_counter(), ctx.settings
     ident = (keys.base_artifact_key(s), str(ctx.device), s.model.gradient_checkpointing)
@@ -47,7 +47,7 @@ def resident_base(ctx: Context):
         return model, tokenizer, ident[0], theta0
     _RESIDENT.clear()  # free the previous job's model before loading another
     model, tokenizer, key = base_model(ctx)
-    theta0 = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers." in n}
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}  # every tensor a merge may touch
     _RESIDENT["base"] = (ident, model, tokenizer, theta0)
     return model, tokenizer, key, theta0
 

@@ -21,7 +21,7 @@ from maet.types import DenseDelta, Mask, RowDelta
 
 
 def train_rows(model, mask: Mask, batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str,
-               **loop: float) -> tuple[RowDelta, TrainStats]:
+               **loop: float | str) -> tuple[RowDelta, TrainStats]:
     """Train only the masked rows; returns their learned deltas. The model is not modified.
 
     Tensors are taken in the model's order, whatever the mask's order (a mask read back from
@@ -65,8 +65,24 @@ def train_full(model, names: list[str], batches: Iterable[torch.Tensor], steps: 
     return delta, stats
 
 
-def ability_delta(ability: RowDelta, general: RowDelta | None) -> RowDelta:
-    """R(A) = θ_A − θ_G on the key rows (or θ_A − θ0 when `general` is None)."""
-    if general is None:
+def ability_delta(ability: RowDelta, general: RowDelta | None, how: str = "subtract") -> RowDelta:
+    """R(A) from θ_A − θ0 and θ_G − θ0 on the key rows (`[k, in]` values per tensor).
+
+    subtract: θ_A − θ_G (Eq. 2 as read by default); project: θ_A − θ0 without its component along
+    θ_G − θ0, per tensor (only what the general-text training also moves is removed, not the
+    general move itself); none (or `general` None): θ_A − θ0.
+    """
+    if general is None or how == "none":
         return ability
-    return {n: (rows, values - general[n][1]) for n, (rows, values) in ability.items()}
+    if how == "subtract":
+        return {n: (rows, values - general[n][1]) for n, (rows, values) in ability.items()}
+    return {n: (rows, project_out(values, general[n][1])) for n, (rows, values) in ability.items()}
+
+
+def project_out(values: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """`values − (⟨values, d⟩ / ‖d‖²) d` over the flattened tensors (fp64 dot, values' dtype)."""
+    norm2 = direction.double().pow(2).sum()
+    if norm2 == 0:
+        return values.clone()
+    coef = (values.double() * direction.double()).sum() / norm2
+    return (values.double() - coef * direction.double()).to(values.dtype)

@@ -47,7 +47,7 @@ def contrastive(s: Settings) -> bool:
 
 
 def ability_config(s: Settings) -> dict:
-    subtract = s.extract.subtract_general
+    subtract = s.extract.general != "none"
     extract_keys = {k: v for k, v in dataclasses.asdict(s.extract).items() if k != "full_lr"}  # baselines only
     return {"extract": extract_keys, "train": dataclasses.asdict(s.train), "seed": s.seed,
             "ability": fingerprint(s, s.ability.corpus),
@@ -94,6 +94,6 @@ def base_artifact_key(s: Settings) -> str:
 
 
 def maet_training_tokens(s: Settings) -> int:
-    """Tokens MAET trains on: θ_A, θ_G (unless extract.subtract_general=false) and R(Lj)."""
-    return s.extract.tokens * (2 if s.extract.subtract_general else 1) + s.language.tokens
+    """Tokens MAET trains on: θ_A, θ_G (unless extract.general=none) and R(Lj)."""
+    return s.extract.tokens * (2 if s.extract.general != "none" else 1) + s.language.tokens
 

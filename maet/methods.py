@@ -28,7 +28,7 @@ class Deltas:
     base: Weights                           # θ0 tensors by name
     language: DenseDelta | None = None      # R(Lj)
     ability: RowDelta | None = None         # R(A) on the key rows
-    kept: list[str] | None = None           # tensors of R(A) selected by the transfer stage
+    transferred: RowDelta | None = None     # M_T ⊙ R(A): the key rows the transfer stage kept
     ability_full: DenseDelta | None = None  # θ_A,full − θ0: full-parameter CPT on C(L0,A)
     cpt_all: DenseDelta | None = None       # full CPT on C(Lj) ∪ C(L0,A), same total budget
 
@@ -74,7 +74,7 @@ def _ability_only(d: Deltas) -> Weights:
 
 @register("maet", {"ability", "language"}, "θ0 + β·R(Lj) + α·(M_T ⊙ R(A))", tunable=True)
 def _maet(d: Deltas, alpha: float, beta: float) -> Weights:
-    return merge_weights(d.base, d.language, d.ability, d.kept, alpha, beta)
+    return merge_weights(d.base, d.language, d.transferred, list(d.transferred), alpha, beta)
 
 
 def _two_deltas(d: Deltas, alpha: float, beta: float, combine: merging.Combine | None = None) -> Weights:

@@ -81,3 +81,13 @@ def block_linear_names(model, modules: list[str]) -> list[str]:
 def block_param_names(model) -> list[str]:
     """Every parameter inside the transformer blocks (what full CPT trains)."""
     return [name for name, _ in model.named_parameters() if ".layers." in name]
+
+
+def language_param_names(model, params: str) -> list[str]:
+    """What R(Lj) covers (`language.params`): blocks: every block parameter (norms included);
+    linear: the block matrices only (no norms); all: every parameter (embeddings, head, final norm)."""
+    if params == "all":
+        return [name for name, _ in model.named_parameters()]
+    if params == "linear":
+        return [name for name, p in model.named_parameters() if ".layers." in name and p.ndim == 2]
+    return block_param_names(model)

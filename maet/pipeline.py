@@ -76,7 +76,7 @@ def run_job(s: Settings) -> JobResult:
         seed_ctx = ctx.for_seed(k)
         torch.manual_seed(seed_ctx.settings.seed)
         a = seed_artifacts(seed_ctx, model, tokenizer, corpora, base_key, list(testbed.metrics))
-        similarity, a.kept = transfer_stage(seed_ctx, a.ability, a.language)
+        similarity, a.kept, a.transferred = transfer_stage(seed_ctx, a.ability, a.language)
         evaluate_variants(seed_ctx, model, tokenizer, corpora, base, a, similarity, testbed)
     similarity, kept, a = testbed.first
     mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
@@ -89,7 +89,9 @@ def tensor_rows(a: Artifacts, similarity: dict[str, float], kept: list[str]) -> 
     """One row per ability tensor t: key rows, cos(R(A)[t], R(Lj)[t]), transferred or not, and the
     Frobenius norms of R(A)[t] and R(Lj)[t]."""
     language = a.language or {}
+    transferred = a.transferred or {}
     return [{"tensor": name, "key_rows": len(rows), "similarity": similarity.get(name, 0.0), "kept": name in kept,
+             "kept_rows": len(transferred[name][0]) if name in transferred else 0,
              "ability_norm": float(values.float().norm()),
              "language_norm": float(language[name].float().norm()) if name in language else 0.0}
             for name, (rows, values) in (a.ability or {}).items()]

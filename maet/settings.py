@@ -37,7 +37,11 @@ LocateScore = choices("LocateScore", "grad", "weight_change", "activation", "ran
 LocateScope = choices("LocateScope", "tensor", "layer", "global")
 TransferSelect = choices("TransferSelect", "threshold", "ratio", "all", "abs_threshold")
 TransferSimilarity = choices("TransferSimilarity", "tensor", "rows")
+TransferGranularity = choices("TransferGranularity", "tensor", "row")
+ExtractGeneral = choices("ExtractGeneral", "subtract", "project", "none")
+Optimizer = choices("Optimizer", "adamw", "sgd")
 LanguageTrain = choices("LanguageTrain", "full", "key_neurons")
+LanguageParams = choices("LanguageParams", "blocks", "linear", "all")
 Benchmark = choices("Benchmark", "mgsm", "arith", "task")
 EvalSource = choices("EvalSource", "local", "hub")
 Split = choices("Split", "test", "dev")
@@ -169,7 +173,8 @@ class LocateSettings:
 class ExtractSettings:
     tokens: int = 32768
     lr: float = 1e-3
-    subtract_general: bool = True
+    optimizer: Optimizer = Optimizer.adamw       # of the key rows: adamw | sgd (plain, no momentum)
+    general: ExtractGeneral = ExtractGeneral.subtract  # how θ_G enters R(A): subtract | project | none
     full_lr: float = 5e-4  # full-parameter CPT on C(L0,A): the ability delta of the merging baselines
 
 
@@ -178,6 +183,7 @@ class LanguageSettings:
     tokens: int = 32768
     lr: float = 5e-4
     train: LanguageTrain = LanguageTrain.full
+    params: LanguageParams = LanguageParams.blocks  # train=full: blocks (every block weight) | linear (no norms) | all (+ embeddings, head, final norm)
 
 
 @dataclass
@@ -186,6 +192,7 @@ class TransferSettings:
     tau: float = 0.0
     keep: float = 0.5
     similarity: TransferSimilarity = TransferSimilarity.tensor  # cosine over the whole tensor | its key rows
+    granularity: TransferGranularity = TransferGranularity.tensor  # select whole tensors | single key rows
 
 
 @dataclass

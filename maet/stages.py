@@ -18,7 +18,7 @@ from maet import evaluate, extract, keys, locate, transfer, world
 from maet.cache import artifact_key
 from maet.context import Context, Corpora, cached_stage
 from maet.methods import METHODS, Deltas
-from maet.model import block_linear_names, block_param_names
+from maet.model import block_linear_names, block_param_names, language_param_names
 from maet.settings import Settings
 from maet.train import TrainStats
 from maet.types import DenseDelta, Mask, RowDelta, pack_rows, rows_to_dense, unpack_rows
@@ -63,21 +63,22 @@ THETA_A = "theta_a:"  # θ_A − θ0 on the key rows, stored beside R(A) (the En
 
 
 def ability_stage(ctx: Context, model, tokenizer, corpora: Corpora, mask, mask_key: str):
-    """(R(A), θ_A − θ0, key): R(A) = θ_A − θ_G on the key rows (θ_A − θ0 with
-    extract.subtract_general=false)."""
+    """(R(A), θ_A − θ0, key): R(A) from θ_A and θ_G on the key rows as `extract.general` says
+    (θ_A − θ_G by default; θ_A − θ0 with extract.general=none)."""
     s = ctx.settings
+    loop = cx.loop(s) | {"optimizer": s.extract.optimizer}
 
     def compute():
         steps = cx.steps(s, s.extract.tokens)
         theta_a, trained = extract.train_rows(model, mask, cx.batches(s, corpora.ability, tokenizer, s.extract.tokens),
-                                              steps, s.extract.lr, "extract: θ_A (ability)", **cx.loop(s))
+                                              steps, s.extract.lr, "extract: θ_A (ability)", **loop)
         theta_g = None
-        if s.extract.subtract_general:
+        if s.extract.general != "none":
             general_batches = cx.batches(s, corpora.general, tokenizer, s.extract.tokens)
             theta_g, general = extract.train_rows(model, mask, general_batches, steps, s.extract.lr,
-                                                  "extract: θ_G (general)", **cx.loop(s))
+                                                  "extract: θ_G (general)", **loop)
             trained = trained + general
-        tensors = pack_rows(extract.ability_delta(theta_a, theta_g))
+        tensors = pack_rows(extract.ability_delta(theta_a, theta_g, s.extract.general))
         tensors |= {THETA_A + n: values for n, (_, values) in theta_a.items()}
         return tensors, trained, {}
 
@@ -99,8 +100,8 @@ def language_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
         if key_rows:
             rows, trained = extract.train_rows(model, mask, batches, steps, s.language.lr, desc, **cx.loop(s))
             return rows_to_dense(rows, {n: p.shape for n, p in model.named_parameters()}), trained, {}
-        delta, trained = extract.train_full(model, block_param_names(model), batches, steps, s.language.lr, desc,
-                                            **cx.loop(s))
+        delta, trained = extract.train_full(model, language_param_names(model, s.language.params), batches, steps,
+                                            s.language.lr, desc, **cx.loop(s))
         return delta, trained, {"lang": s.lang.code}
 
     inputs = {"base": base_key, "mask": mask_key if key_rows else None}
@@ -143,15 +144,18 @@ def cpt_all_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: st
 
 
 # ----------------------------------------------------------------------------- stage 3 + 4
-def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[str, float], list[str]]:
-    """(s_t of every ability tensor, the kept tensors)."""
+def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[str, float], list[str], RowDelta]:
+    """(s_t of every ability tensor, the tensors that keep any row, M_T ⊙ R(A)). With
+    transfer.granularity=row the rule selects single key rows by their own cosine."""
     start, t = time.perf_counter(), ctx.settings.transfer
     if ability_delta is None:
-        return {}, []
+        return {}, [], {}
     similarity = transfer.tensor_similarity(ability_delta, language_delta or {}, t.similarity)
-    kept = transfer.select_tensors(similarity, t.select, t.tau, t.keep)
+    scores = similarity if t.granularity == "tensor" else transfer.row_similarity(ability_delta, language_delta or {})
+    keep = transfer.kept_rows(ability_delta, transfer.select_tensors(scores, t.select, t.tau, t.keep))
+    transferred = transfer.masked(ability_delta, keep)
     ctx.record("transfer", False, start)
-    return similarity, kept
+    return similarity, list(transferred), transferred
 
 
 def eval_tasks(ctx: Context, corpora: Corpora) -> list[dict]:
@@ -213,6 +217,7 @@ class Artifacts:
     cpt_all: DenseDelta | None = None
     cpt_all_key: str | None = None
     kept: list[str] = field(default_factory=list)
+    transferred: RowDelta | None = None  # M_T ⊙ R(A)
 
 
 def variant_weights(name: str, s: Settings, base: dict[str, torch.Tensor], a: Artifacts):
@@ -225,7 +230,7 @@ def variant_weights(name: str, s: Settings, base: dict[str, torch.Tensor], a: Ar
         weights = transfer.merge_weights(base, a.oracle, None, [], alpha=0.0, beta=1.0)
         return weights, artifact_key("model", {"variant": "oracle"}, inputs | {"oracle": a.oracle_key})
     method, m = METHODS[name], s.merge
-    deltas = Deltas(base, a.language, a.ability, a.kept, a.ability_full, a.cpt_all)
+    deltas = Deltas(base, a.language, a.ability, a.transferred, a.ability_full, a.cpt_all)
     weights = method(deltas, dataclasses.asdict(m) | {"seed": s.seed})
     config = {"method": name}
     if method.tunable:

@@ -22,7 +22,7 @@ class TrainStats:
     tokens: int = 0
     steps: int = 0
     seconds: float = 0.0
-    optimizer_bytes: int = 0  # AdamW state after the last step (two moments per trainable entry)
+    optimizer_bytes: int = 0  # optimizer state after the last step (AdamW: two moments per trainable entry)
 
     def __add__(self, other: "TrainStats") -> "TrainStats":
         return TrainStats(self.tokens + other.tokens, self.steps + other.steps, self.seconds + other.seconds,
@@ -34,11 +34,19 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(t.nbytes for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
 
 
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """adamw: AdamW; sgd: plain SGD (no momentum), under which a parameter's change is lr times its
+    accumulated (clipped, scheduled) gradient — the quantity the locate score sums."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
              batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str, *,
-             warmup_ratio: float, weight_decay: float, grad_clip: float) -> TrainStats:
-    """AdamW with linear warmup and cosine decay over `steps` batches of `[batch, seq]` ids."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+             warmup_ratio: float, weight_decay: float, grad_clip: float, optimizer: str = "adamw") -> TrainStats:
+    """AdamW (or plain SGD) with linear warmup and cosine decay over `steps` batches of `[batch, seq]` ids."""
+    optimizer = make_optimizer(optimizer, params, lr, weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start = TrainStats(), time.perf_counter()
     with progress(desc=desc, unit="tok", unit_scale=True) as bar:

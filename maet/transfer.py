@@ -35,8 +35,35 @@ def tensor_similarity(ability: RowDelta, language: DenseDelta, over: str = "tens
     return sims
 
 
+def row_similarity(ability: RowDelta, language: DenseDelta) -> dict[tuple[str, int], float]:
+    """`s_r = cos(R(A)[r], R(Lj)[r])` for every key row r (key `(tensor name, index in its k rows)`);
+    0 for a row without language delta."""
+    sims = {}
+    for name, (rows, values) in ability.items():
+        lang = language.get(name)
+        lang_rows = lang.index_select(0, rows).double() if lang is not None else torch.zeros_like(values.double())
+        dots = (values.double() * lang_rows).sum(1)
+        norms = values.double().norm(dim=1) * lang_rows.norm(dim=1)
+        cos = torch.where(norms > 0, dots / norms.clamp_min(1e-300), torch.zeros_like(dots))
+        sims |= {(name, i): float(c) for i, c in enumerate(cos)}
+    return sims
+
+
+def kept_rows(ability: RowDelta, kept: list) -> dict[str, torch.Tensor]:
+    """M_T as a boolean `[k]` per ability tensor, from kept tensor names or kept `(name, row)` keys."""
+    chosen = set(kept)
+    return {name: torch.tensor([name in chosen or (name, i) in chosen for i in range(len(rows))], dtype=torch.bool)
+            for name, (rows, _) in ability.items()}
+
+
+def masked(ability: RowDelta, keep: dict[str, torch.Tensor]) -> RowDelta:
+    """M_T ⊙ R(A): the kept rows of every tensor that keeps any."""
+    return {name: (rows[keep[name]], values[keep[name]]) for name, (rows, values) in ability.items()
+            if bool(keep[name].any())}
+
+
 def select_tensors(similarity: dict[str, float], select: str, tau: float, keep: float) -> list[str]:
-    """Names of the ability tensors to transfer (least entangled with the language first).
+    """Keys of the ability tensors (or rows) to transfer (least entangled with the language first).
 
     threshold: s_t < tau; abs_threshold: |s_t| < tau (tensors that point against R(Lj) are
     entangled too); ratio: the `max(1, round(keep*n))` lowest s_t; all: every tensor.

@@ -78,6 +78,6 @@ def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):
 def test_cpt_all_trains_on_the_same_total_tokens_as_maet():
     s = load("extract.tokens=1000", "language.tokens=300")
     assert keys.cpt_all_config(s)["tokens"] == 2 * 1000 + 300 == keys.maet_training_tokens(s)
-    s = load("extract.tokens=1000", "language.tokens=300", "extract.subtract_general=false")
+    s = load("extract.tokens=1000", "language.tokens=300", "extract.general=none")
     assert keys.cpt_all_config(s)["tokens"] == 1000 + 300
     assert keys.cpt_all_config(load("lang=bn")) != keys.cpt_all_config(load("lang=sw"))

@@ -92,3 +92,32 @@ def test_full_cpt_returns_delta_and_restores_theta_0(tiny_model):
     assert all(torch.equal(before[n], p) for n, p in tiny_model.named_parameters())
     assert all(delta[n].abs().sum() > 0 for n in names if "proj" in n)
     assert all(p.requires_grad for p in tiny_model.parameters()), "requires_grad flags not restored"
+
+
+def test_projecting_out_the_general_direction_leaves_an_orthogonal_ability_delta(tiny_model):
+    mask, _ = _mask(tiny_model)
+    theta_a, _ = _train_rows(tiny_model, mask, seed=1)
+    theta_g, _ = _train_rows(tiny_model, mask, seed=2)
+    r_a = extract.ability_delta(theta_a, theta_g, "project")
+    for name, (_, values) in r_a.items():
+        general, ability = theta_g[name][1].double(), theta_a[name][1].double()
+        assert abs(float((values.double() * general).sum())) <= 1e-6 * float(ability.norm() * general.norm())
+        along = ability - values.double()  # what was removed lies along θ_G − θ0
+        assert torch.allclose(along, (along * general).sum() / general.pow(2).sum() * general, atol=1e-6)
+    assert extract.ability_delta(theta_a, theta_g, "none") is theta_a
+    zero = {n: (rows, torch.zeros_like(v)) for n, (rows, v) in theta_g.items()}
+    assert all(torch.equal(extract.ability_delta(theta_a, zero, "project")[n][1], theta_a[n][1]) for n in theta_a)
+
+
+def test_sgd_moves_the_key_rows_by_lr_times_the_accumulated_gradient(tiny_model):
+    mask, shapes = _mask(tiny_model)
+    batches = random_batches(tiny_model.config.vocab_size, 1, seed=3)
+    loop = LOOP | {"grad_clip": 1e9}  # one step, no clipping, no warmup: Δ = −lr·g exactly
+    delta, _ = extract.train_rows(tiny_model, mask, batches, 1, 0.5, "test", optimizer="sgd", **loop)
+    batch = random_batches(tiny_model.config.vocab_size, 1, seed=3)[0]
+    tiny_model.zero_grad(set_to_none=True)
+    tiny_model(input_ids=batch, labels=batch).loss.backward()
+    params = dict(tiny_model.named_parameters())
+    for name, (rows, values) in delta.items():
+        assert torch.allclose(values, -0.5 * params[name].grad[rows], atol=1e-6), name
+    tiny_model.zero_grad(set_to_none=True)

@@ -171,6 +171,28 @@ def test_ablations_run_end_to_end(tmp_path):
     assert by_ablation["no_subtract"]["stages"]["ability"]["train_tokens"] == 512  # θ_A only
 
 
+def test_reconstruction_options_run_end_to_end(tmp_path):
+    """The faithful options of the reconstruction (docs/method-options.md) each run through the
+    pipeline and change what they should: R(A) (project, sgd), the kept rows (row granularity) and
+    what R(Lj) covers (language.params)."""
+    sweep = tmp_path / "sweep"
+    ablations = ["default", "project_general", "sgd", "select_rows", "language_linear", "language_all"]
+    launch("-m", f"+ablation={','.join(ablations)}", *SMALL, *LEAN, f"paths.cache_dir={tmp_path / 'cache'}",
+           "tracker=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = dict(zip(ablations, [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]))
+    assert len(jobs) == len(ablations)
+    ability = {name: j["stages"]["ability"]["key"] for name, j in jobs.items()}
+    assert len({ability["default"], ability["project_general"], ability["sgd"]}) == 3
+    assert ability["select_rows"] == ability["default"]  # selection happens after extraction
+    language = {name: j["stages"]["language"]["key"] for name, j in jobs.items()}
+    assert len({language["default"], language["language_linear"], language["language_all"]}) == 3
+    rows = jobs["select_rows"]["transfer"]["tensors"]
+    kept = [t for t in rows if 0 < t["kept_rows"] < t["key_rows"]]
+    assert kept, "row granularity kept no tensor partially"
+    assert all(t["kept"] == (t["kept_rows"] > 0) for t in rows)
+    assert all(t["kept_rows"] in (0, t["key_rows"]) for t in jobs["default"]["transfer"]["tensors"])
+
+
 def test_user_sweep_on_the_local_submitit_launcher_gives_table_plots_and_wandb_summary(tmp_path):
     """The 2x2 sweep with jobs running concurrently in submitit's local executor: every job
     finishes, shared artifacts are published once per key, the sweep dir gets the table, the plots

@@ -28,7 +28,7 @@ def _inputs(dtype=torch.float32, **params):
     g = torch.Generator().manual_seed(9)
     full = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
     cpt = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
-    return Deltas(base, language, ability, list(ability), full, cpt), PARAMS | params
+    return Deltas(base, language, ability, ability, full, cpt), PARAMS | params
 
 
 def _apply(base, weights):
@@ -39,7 +39,7 @@ def _apply(base, weights):
 def test_alpha_zero_gives_exactly_the_language_model(dtype):
     base, language, ability = _world(dtype=dtype)
     merged = _apply(base, transfer.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=1.0))
-    language_model = _apply(base, METHODS["language_only"](Deltas(base, language, ability, []), {}))
+    language_model = _apply(base, METHODS["language_only"](Deltas(base, language, ability, {}), {}))
     assert all(torch.equal(merged[n], language_model[n]) for n in base)
     assert not torch.equal(language_model[W0], base[W0])
 
@@ -171,3 +171,28 @@ def test_one_arithmetic_for_dense_and_row_deltas():
     assert torch.equal(merged, expected)
     assert torch.equal(merge_tensor(base[W0]), base[W0])  # no delta: θ0 exactly
     assert torch.equal(transfer.merge_weights(base, language, ability, [W0], 2.0, 0.3)[W0], merged)
+
+
+def test_row_similarity_is_the_cosine_of_each_key_row():
+    base, language, ability = _world()
+    sims = transfer.row_similarity(ability, language)
+    assert len(sims) == sum(len(rows) for rows, _ in ability.values())
+    for (name, i), s in sims.items():
+        rows, values = ability[name]
+        expected = torch.nn.functional.cosine_similarity(values[i], language[name][rows[i]], dim=0)
+        assert s == pytest.approx(float(expected), abs=1e-6)
+    assert set(transfer.row_similarity(ability, {}).values()) == {0.0}
+
+
+def test_row_granularity_keeps_single_rows_and_tensor_granularity_whole_tensors():
+    base, language, ability = _world()
+    by_row = transfer.row_similarity(ability, language)
+    chosen = transfer.select_tensors(by_row, "threshold", 0.0, 0.5)
+    kept = transfer.masked(ability, transfer.kept_rows(ability, chosen))
+    assert sum(len(rows) for rows, _ in kept.values()) == len(chosen)
+    for name, (rows, values) in kept.items():
+        for row, value in zip(rows, values):
+            i = int((ability[name][0] == row).nonzero())
+            assert by_row[(name, i)] < 0 and torch.equal(value, ability[name][1][i])
+    whole = transfer.masked(ability, transfer.kept_rows(ability, [W0, W2]))
+    assert list(whole) == [W0, W2] and all(torch.equal(whole[n][1], ability[n][1]) for n in whole)
