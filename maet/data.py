@@ -114,6 +114,21 @@ def batches(docs: list[str], tokenizer, *, tokens: int, batch_size: int, seq_len
         yield torch.stack([next(stream) for _ in range(batch_size)])
 
 
+def mixed_batches(parts: list[tuple[list[str], int]], tokenizer, *, batch_size: int, seq_len: int,
+                  seed: int) -> Iterator[torch.Tensor]:
+    """Batches over several corpora with an exact token budget each: `parts` is `[(docs, tokens)]`;
+    part i gives `round(tokens_i / seq_len)` sequences (the last part fills up to whole batches),
+    interleaved in a seeded random order. Yields `[batch_size, seq_len]` token ids."""
+    total = num_steps(sum(t for _, t in parts), batch_size, seq_len) * batch_size
+    counts = [round(t / seq_len) for _, t in parts[:-1]]
+    counts.append(total - sum(counts))
+    streams = [token_blocks(docs, tokenizer, seq_len, seed + i) for i, (docs, _) in enumerate(parts)]
+    order = torch.cat([torch.full((n,), i) for i, n in enumerate(counts)])
+    order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))].tolist()
+    for start in range(0, total, batch_size):
+        yield torch.stack([next(streams[i]) for i in order[start:start + batch_size]])
+
+
 def num_steps(tokens: int, batch_size: int, seq_len: int) -> int:
     """Optimizer steps that cover a token budget (at least one)."""
     return max(1, -(-tokens // (batch_size * seq_len)))

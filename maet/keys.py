@@ -65,7 +65,8 @@ def ability_full_config(s: Settings) -> dict:
 
 
 def cpt_all_config(s: Settings) -> dict:
-    return {"tokens": maet_training_tokens(s), "lr": s.language.lr, "train": dataclasses.asdict(s.train),
+    return {"tokens": maet_training_tokens(s), "ability_tokens": s.extract.tokens, "mix": "tokens",
+            "lr": s.language.lr, "train": dataclasses.asdict(s.train),
             "seed": s.seed, "ability": fingerprint(s, s.ability.corpus), "corpus": fingerprint(s, s.lang.corpus)}
 
 

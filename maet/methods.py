@@ -67,6 +67,16 @@ def _language_only(d: Deltas) -> Weights:
     return merge_weights(d.base, d.language, None, [], alpha=0.0, beta=1.0)
 
 
+@register("language_beta", {"language"}, "θ0 + β·R(Lj): the language model at the merge's β")
+def _language_beta(d: Deltas, beta: float) -> Weights:
+    return merge_weights(d.base, d.language, None, [], alpha=0.0, beta=beta)
+
+
+@register("ability_full", {"ability_full"}, "θ_A,full: θ0 fully trained on C(L0,A) (the ability model of the baselines)")
+def _ability_full(d: Deltas) -> Weights:
+    return merge_weights(d.base, d.ability_full, None, [], alpha=0.0, beta=1.0)
+
+
 @register("ability_only", {"ability"}, "θ0 + R(A) on the key rows")
 def _ability_only(d: Deltas) -> Weights:
     return merge_weights(d.base, None, d.ability, list(d.ability), alpha=1.0, beta=0.0)

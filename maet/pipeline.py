@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from maet import evaluate, transfer, world
+from maet import data, evaluate, regime, transfer, world
 from maet.base import resident_base
 from maet.cache import ArtifactCache, write_text_atomic
 from maet.context import Context, Corpora, load_corpora, uses_world
@@ -41,6 +41,7 @@ class Testbed:
         self.items: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         self.predictions: list[dict] = []
         self.first: tuple | None = None  # (similarity, kept, artifacts) of the method's first seed
+        self.regime: dict = {}  # maet.regime's measures of the first seed
 
 
 def evaluate_variants(ctx: Context, model, tokenizer, corpora: Corpora, base: dict[str, torch.Tensor],
@@ -77,12 +78,38 @@ def run_job(s: Settings) -> JobResult:
         torch.manual_seed(seed_ctx.settings.seed)
         a = seed_artifacts(seed_ctx, model, tokenizer, corpora, base_key, list(testbed.metrics))
         similarity, a.kept, a.transferred = transfer_stage(seed_ctx, a.ability, a.language)
+        if k == 0:
+            testbed.regime = measure_regime(seed_ctx, model, tokenizer, corpora, base, a)
         evaluate_variants(seed_ctx, model, tokenizer, corpora, base, a, similarity, testbed)
     similarity, kept, a = testbed.first
     mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
     runs = testbed.metrics[s.method.name]
     return JobResult(_mean_metrics(runs), runs, testbed.metrics, testbed.items, testbed.predictions, ctx.stages,
-                     similarity, kept, tensor_rows(a, similarity, kept), mask_rows, model.num_parameters())
+                     similarity, kept, tensor_rows(a, similarity, kept), mask_rows, model.num_parameters(),
+                     testbed.regime)
+
+
+REGIME_DOCS = 16  # sequences of train.seq_len tokens per input set of the disentanglement error
+
+
+def measure_regime(ctx: Context, model, tokenizer, corpora: Corpora, base: dict[str, torch.Tensor],
+                   a: Artifacts) -> dict:
+    """‖Δ‖/‖θ0‖ of every delta of the seed, and the weight disentanglement error of the ability
+    deltas with R(Lj) (θ_A − θ0 on the key rows; the full ability delta of the merging baselines)
+    on English ability text and held-out target-language text (`maet.regime`)."""
+    start, s = time.perf_counter(), ctx.settings
+    deltas = {"theta_a": a.theta_a, "ability": a.ability, "transferred": a.transferred, "language": a.language,
+              "ability_full": a.ability_full, "oracle": a.oracle, "cpt_all": a.cpt_all}
+    out = {"relative_norm": {k: regime.relative_norm(base, d) for k, d in deltas.items() if d}}
+    if a.language and corpora.heldout and (a.theta_a or a.ability_full):
+        def batch(docs):
+            return next(data.batches(docs, tokenizer, tokens=REGIME_DOCS * s.train.seq_len, batch_size=REGIME_DOCS,
+                                     seq_len=s.train.seq_len, seed=0))
+        inputs = batch(corpora.ability), batch(corpora.heldout)
+        out["disentanglement"] = {k: regime.disentanglement_error(model, base, deltas[k], a.language, *inputs)
+                                  for k in ("theta_a", "ability_full") if deltas[k]}
+    ctx.record("regime", False, start)
+    return out
 
 
 def tensor_rows(a: Artifacts, similarity: dict[str, float], kept: list[str]) -> list[dict]:

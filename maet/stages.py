@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from maet import context as cx
-from maet import evaluate, extract, keys, locate, transfer, world
+from maet import data, evaluate, extract, keys, locate, transfer, world
 from maet.cache import artifact_key
 from maet.context import Context, Corpora, cached_stage
 from maet.methods import METHODS, Deltas
@@ -109,12 +109,14 @@ def language_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
 
 
 def full_cpt_stage(ctx: Context, stage: str, config: dict, model, tokenizer, base_key: str, docs: list[str],
-                   tokens: int, lr: float, desc: str, meta: dict):
-    """(θ' − θ0 of every block weight, key) after full CPT of θ0 on `docs` for `tokens` tokens."""
+                   tokens: int, lr: float, desc: str, meta: dict, batches=None):
+    """(θ' − θ0 of every block weight, key) after full CPT of θ0 on `docs` for `tokens` tokens
+    (or on `batches` of that many tokens)."""
     s = ctx.settings
 
     def compute():
-        delta, trained = extract.train_full(model, block_param_names(model), cx.batches(s, docs, tokenizer, tokens),
+        stream = batches if batches is not None else cx.batches(s, docs, tokenizer, tokens)
+        delta, trained = extract.train_full(model, block_param_names(model), stream,
                                             cx.steps(s, tokens), lr, desc, **cx.loop(s))
         return delta, trained, meta
 
@@ -136,11 +138,15 @@ def ability_full_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_ke
 
 
 def cpt_all_stage(ctx: Context, model, tokenizer, corpora: Corpora, base_key: str):
-    """The training baseline: full CPT of θ0 on C(Lj) ∪ C(L0,A) with MAET's total token budget."""
+    """The training baseline: full CPT of θ0 on C(Lj) ∪ C(L0,A) with MAET's total token budget,
+    mixed by tokens exactly: the ability text gets θ_A's budget (extract.tokens), C(Lj) the rest."""
     s = ctx.settings
-    return full_cpt_stage(ctx, "cpt_all", keys.cpt_all_config(s), model, tokenizer, base_key,
-                          corpora.language + corpora.ability, keys.maet_training_tokens(s), s.language.lr,
-                          f"baselines: CPT on {s.lang.code} + ability text", {"lang": s.lang.code})
+    total = keys.maet_training_tokens(s)
+    parts = [(corpora.ability, s.extract.tokens), (corpora.language, total - s.extract.tokens)]
+    batches = data.mixed_batches(parts, tokenizer, batch_size=s.train.batch_size, seq_len=s.train.seq_len, seed=s.seed)
+    return full_cpt_stage(ctx, "cpt_all", keys.cpt_all_config(s), model, tokenizer, base_key, [], total,
+                          s.language.lr, f"baselines: CPT on {s.lang.code} + ability text",
+                          {"lang": s.lang.code, "ability_tokens": s.extract.tokens}, batches)
 
 
 # ----------------------------------------------------------------------------- stage 3 + 4
@@ -231,8 +237,9 @@ def variant_weights(name: str, s: Settings, base: dict[str, torch.Tensor], a: Ar
         return weights, artifact_key("model", {"variant": "oracle"}, inputs | {"oracle": a.oracle_key})
     method, m = METHODS[name], s.merge
     deltas = Deltas(base, a.language, a.ability, a.transferred, a.ability_full, a.cpt_all)
-    weights = method(deltas, dataclasses.asdict(m) | {"seed": s.seed})
-    config = {"method": name}
+    values = dataclasses.asdict(m) | {"seed": s.seed}
+    weights = method(deltas, values)
+    config = {"method": name, "params": {p: values[p] for p in method.params}}  # e.g. layer_swap's swap_k
     if method.tunable:
         config |= {"merge": dataclasses.asdict(m), "transfer": dataclasses.asdict(s.transfer), "seed": s.seed}
     by_need = {"ability": a.ability_key, "language": a.language_key, "ability_full": a.ability_full_key,

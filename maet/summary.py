@@ -41,6 +41,7 @@ class JobResult:
     tensors: list[dict]                    # first seed: one row per ability tensor (see tensor_rows)
     mask_rows: dict[str, int]
     n_params: int
+    regime: dict = dataclasses.field(default_factory=dict)  # first seed: relative norms, disentanglement (maet.regime)
 
 
 def headline(s: Settings) -> str:
@@ -48,7 +49,7 @@ def headline(s: Settings) -> str:
     return metric_name(s.eval.benchmark, s.lang.code)
 
 
-PAIRED_WITH = ("base", "language_only")
+PAIRED_WITH = ("base", "language_only", "language_beta")  # language_beta: θ0 + merge.beta·R(Lj), when a reference
 
 
 def paired_items(a: list[dict[str, float]], b: list[dict[str, float]]) -> tuple[list[float], list[float]]:
@@ -122,6 +123,7 @@ def job_summary(s: Settings, result: JobResult) -> dict:
         "train_tokens": sum(r.train_tokens for r in result.stages.values() if not r.cached),
         "transfer": {"similarity": result.similarity, "kept": result.kept, "tensors": result.tensors},
         "key_neurons": result.mask_rows,
+        "regime": result.regime,
     }
 
 
@@ -182,8 +184,24 @@ def results_table(summary: dict) -> str:
                  f"{c['flops']:.2e} FLOPs, {c['vs_cpt_all']:.2f}x the cpt_all budget of {c['cpt_all_tokens']:,} tokens")
     total = len(summary["transfer"]["similarity"])
     if total:
-        lines.append(f"transfer (seed {summary['seed']}): kept {len(summary['transfer']['kept'])}/{total} ability tensors")
+        rows = sum(t.get("kept_rows", 0) for t in summary["transfer"]["tensors"])
+        all_rows = sum(t["key_rows"] for t in summary["transfer"]["tensors"])
+        lines.append(f"transfer (seed {summary['seed']}): kept {len(summary['transfer']['kept'])}/{total} ability "
+                     f"tensors, {rows}/{all_rows} key rows")
+    lines += regime_lines(summary.get("regime") or {}, summary["seed"])
     return "\n".join(lines)
+
+
+def regime_lines(regime: dict, seed: int) -> list[str]:
+    """The regime of the deltas in words: relative norms and disentanglement errors (maet.regime)."""
+    lines = []
+    if regime.get("relative_norm"):
+        norms = ", ".join(f"{k} {v:.3f}" for k, v in regime["relative_norm"].items())
+        lines.append(f"‖Δ‖/‖θ0‖ (seed {seed}, over the entries each delta touches): {norms}")
+    for k, d in (regime.get("disentanglement") or {}).items():
+        lines.append(f"weight disentanglement error of {k} with R(Lj) (seed {seed}): {d['error']:.3f} "
+                     f"(ability inputs {d['ability']:.3f}, language inputs {d['language']:.3f}; 0 = additive, max 2)")
+    return lines
 
 
 STAGE_ARTIFACTS = ("base", "locate", "ability", "language", "oracle", "ability_full", "cpt_all")

@@ -55,3 +55,23 @@ def test_heldout_split_is_disjoint_and_fixed():
     docs = [str(i) for i in range(100)]
     train, heldout = data.split_heldout(docs, 0.05)
     assert len(heldout) == 5 and not set(train) & set(heldout) and len(train) + len(heldout) == 100
+
+
+class _CharTokenizer:
+    """Every character is a token: its code point (EOS = 0)."""
+    eos_token_id = 0
+
+    def __call__(self, docs, add_special_tokens=False):
+        return {"input_ids": [[ord(c) for c in doc] for doc in docs]}
+
+
+def test_mixed_batches_give_each_corpus_its_exact_token_budget():
+    tok, seq = _CharTokenizer(), 8
+    parts = [(["aaaaaaa"] * 5, 10 * seq), (["bbbbbbbbbbb"] * 5, 22 * seq)]
+    out = list(data.mixed_batches(parts, tok, batch_size=4, seq_len=seq, seed=0))
+    assert len(out) == data.num_steps(32 * seq, 4, seq) == 8
+    rows = torch.cat(out)
+    from_a = [ord("a") in r.tolist() for r in rows]
+    assert all((ord("a") in r.tolist()) != (ord("b") in r.tolist()) for r in rows)
+    assert sum(from_a) == 10 and from_a[:10] != [True] * 10  # exact share, interleaved
+    assert torch.equal(rows, torch.cat(list(data.mixed_batches(parts, tok, batch_size=4, seq_len=seq, seed=0))))

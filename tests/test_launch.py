@@ -191,6 +191,9 @@ def test_reconstruction_options_run_end_to_end(tmp_path):
     assert kept, "row granularity kept no tensor partially"
     assert all(t["kept"] == (t["kept_rows"] > 0) for t in rows)
     assert all(t["kept_rows"] in (0, t["key_rows"]) for t in jobs["default"]["transfer"]["tensors"])
+    regime = jobs["default"]["regime"]
+    assert {"theta_a", "ability", "language"} <= set(regime["relative_norm"])
+    assert 0 <= regime["disentanglement"]["theta_a"]["error"] <= 2
 
 
 def test_user_sweep_on_the_local_submitit_launcher_gives_table_plots_and_wandb_summary(tmp_path):

@@ -47,7 +47,7 @@ def test_shared_data_config_is_valid():
     ("eval.langs=[sw,xx]", "eval.langs", "languages of the built-in world"),
     ("lang=te", "lang.corpus.path", "a corpus of the built-in world"),
     ("world.languages=[]", "world.languages", "includes en"),
-    ("report.references=[base,teacher]", "report.references", "base, ability, language_only, oracle"),
+    ("report.references=[base,teacher]", "report.references", "base, ability, ability_full, language_only, language_beta, oracle"),
     ("experiment=shared_data report.references=[oracle]", "report.references", "built-in world"),
     ("experiment=shared_data paths.data_dir=/nonexistent/data", "paths.data_dir", "existing directory"),
     ("experiment=shared_data lang.corpus.path=/nonexistent.txt", "lang.corpus.path", "existing file"),
@@ -186,6 +186,6 @@ def test_help_lists_the_groups_and_every_key_with_its_doc():
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
-    assert "method: ability_only, base, cpt_all" in proc.stdout and "language: default" in proc.stdout
+    assert "method: ability_full, ability_only, base, cpt_all" in proc.stdout and "language: default" in proc.stdout
     assert "merge.alpha" in proc.stdout and "coefficient μ of the ability weights" in proc.stdout
     assert "defaults:" not in proc.stdout and "_target_" not in proc.stdout  # not a raw config dump

@@ -196,3 +196,11 @@ def test_row_granularity_keeps_single_rows_and_tensor_granularity_whole_tensors(
             assert by_row[(name, i)] < 0 and torch.equal(value, ability[name][1][i])
     whole = transfer.masked(ability, transfer.kept_rows(ability, [W0, W2]))
     assert list(whole) == [W0, W2] and all(torch.equal(whole[n][1], ability[n][1]) for n in whole)
+
+
+def test_same_beta_language_reference_and_ability_full_reference():
+    x, p = _inputs(beta=0.25)
+    lang = METHODS["language_beta"](x, p)
+    assert all(torch.allclose(lang[n], x.base[n] + 0.25 * x.language[n], atol=1e-6) for n in x.base)
+    full = METHODS["ability_full"](x, p)
+    assert all(torch.equal(full[n], x.base[n] + x.ability_full[n]) for n in x.base)
