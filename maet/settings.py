@@ -127,8 +127,8 @@ class WorldSettings:
     seed: int = 0
     languages: list[WorldLanguageSettings] = field(default_factory=list)
     general_per_lang: int = 6000
-    pretrain_general_per_lang: int = 6000
-    problem_forms: bool = True
+    pretrain_general_per_lang: int = 0
+    problem_forms: bool = False
     parallel_per_lang: int = 1500
     ability_per_lang: int = 6000
     benchmark_per_lang: int = 200

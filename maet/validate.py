@@ -289,10 +289,9 @@ def _world(w: WorldSettings) -> set[str]:
     for i, lang in enumerate(w.languages):
         _check(f"world.languages[{i}].distance", lang.distance, _finite(lang.distance) and 0 <= lang.distance <= 1,
                "a number in [0, 1]")
-    for name in ("general_per_lang", "pretrain_general_per_lang", "ability_per_lang", "benchmark_per_lang",
-                 "max_operand"):
+    for name in ("general_per_lang", "ability_per_lang", "benchmark_per_lang", "max_operand"):
         _positive_int(f"world.{name}", getattr(w, name))
-    for name in ("parallel_per_lang", "pretrain_equations", "pretrain_ability_en"):
+    for name in ("pretrain_general_per_lang", "parallel_per_lang", "pretrain_equations", "pretrain_ability_en"):
         _check(f"world.{name}", getattr(w, name), getattr(w, name) >= 0, "an integer >= 0")
     return {f"{kind}:{code}" for code in codes for kind in ("general", "ability", "parallel")}
 

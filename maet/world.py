@@ -222,7 +222,8 @@ def pretraining_mix(world: World) -> list[str]:
     s = world.settings
     facts = equations(s.max_operand)
     facts = (facts * (s.pretrain_equations // len(facts) + 1))[:s.pretrain_equations]
-    docs = [d for code in world.pretrain_general for d in world.pretrain_general[code]]
+    general = world.pretrain_general if s.pretrain_general_per_lang else world.general
+    docs = [d for code in general for d in general[code]]
     docs += [d for code in world.parallel for d in world.parallel[code]]
     return docs + facts + world.ability["en"][-s.pretrain_ability_en:] if s.pretrain_ability_en else docs + facts
 

@@ -11,7 +11,7 @@ from maet.settings import WorldSettings
 SMALL = WorldSettings(
     languages=[Lang("en", "latin", "SVO", False, 0.0), Lang("sw", "latin", "SVO", True, 0.5),
                Lang("bn", "bengali", "SOV", False, 0.5), Lang("te", "telugu", "VSO", False, 1.0)],
-    general_per_lang=300, pretrain_general_per_lang=300, parallel_per_lang=50, ability_per_lang=500, benchmark_per_lang=100,
+    general_per_lang=300, pretrain_general_per_lang=300, problem_forms=True, parallel_per_lang=50, ability_per_lang=500, benchmark_per_lang=100,
     pretrain_equations=20, pretrain_ability_en=10)
 
 
@@ -108,3 +108,5 @@ def test_pretraining_general_text_is_drawn_apart_from_the_stages_text(w):
     assert w.pretrain_general["sw"] != w.general["sw"][:SMALL.pretrain_general_per_lang]
     mix = world.pretraining_mix(w)
     assert all(doc in mix for doc in w.pretrain_general["bn"])
+    legacy = world.generate(WorldSettings(**{**SMALL.__dict__, "pretrain_general_per_lang": 0}))
+    assert all(doc in world.pretraining_mix(legacy) for doc in legacy.general["bn"])
