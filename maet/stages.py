@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from maet import console, evaluate, extract, keys, locate, transfer, world
 from maet import context as cx
-from maet import evaluate, extract, keys, locate, transfer, world
 from maet.cache import artifact_key
 from maet.context import Context, Corpora, cached_stage
 from maet.methods import METHODS, Deltas
@@ -184,7 +184,8 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
 
     def compute():
         model.eval()
-        results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
+        with console.muted():  # lm-eval's bars and warnings: into <run dir>/console.log when report.quiet
+            results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
         metrics, predictions = evaluate.summarize(results, s.eval)
         ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
                        write_extra=lambda tmp: evaluate.write_jsonl(predictions, tmp / "predictions.jsonl"))

@@ -361,6 +361,7 @@ def _training(s: Settings) -> None:
     _positive_int("language.tokens", s.language.tokens)
     _positive("language.lr", s.language.lr)
     _positive_int("oracle.tokens", s.oracle.tokens)
+    _positive_int("tracker.curve_every", s.tracker.curve_every)
     _positive("oracle.lr", s.oracle.lr)
 
 
