@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maet import lm_eval_files
 from maet.settings import Settings
 
 CHOICE_TAGS = ("ablation", "experiment", "model", "lang")  # Hydra groups whose choice becomes a tag
@@ -137,12 +138,13 @@ def lineage(stage_entries: list[tuple[str, str, Path, bool]]) -> dict[str, list[
 
 
 RESULT_FILES = ("metrics.json", "results.md", "config.resolved.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml",
-                ".hydra/hydra.yaml", "lm_eval/results.json")
+                ".hydra/hydra.yaml")
 
 
 def result_files(out: Path) -> list[Path]:
-    """The job's own record files that exist (logged with the run and as its `results` artifact)."""
-    return [out / name for name in RESULT_FILES if (out / name).is_file()]
+    """The job's own record files that exist (logged with the run and as its `results` artifact),
+    with lm-eval's aggregated results files (its per-item samples stay in the run dir)."""
+    return [out / name for name in RESULT_FILES if (out / name).is_file()] + lm_eval_files.results_files(out)
 
 
 PREDICTION_COLUMNS = ["model", "seed", "lang", "item", "response", "extracted", "target", "correct"]

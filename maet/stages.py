@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from maet import console, evaluate, extract, keys, locate, transfer, world
+from maet import console, evaluate, extract, keys, lm_eval_files, locate, transfer, world
 from maet import context as cx
 from maet.cache import artifact_key
 from maet.context import Context, Corpora, cached_stage
@@ -154,20 +154,21 @@ def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[st
     return similarity, kept
 
 
-def eval_tasks(ctx: Context, corpora: Corpora) -> list[dict]:
-    """The lm-eval task configs of this job: the benchmark in every eval language, held-out text."""
-    s, work = ctx.settings, ctx.cache.root / "data"
+def eval_tasks(ctx: Context, corpora: Corpora) -> tuple[list[dict | str], Path | None]:
+    """(the lm-eval tasks of this job, our task folder or None): the benchmark in every eval
+    language (MGSM: task names in our folder; the world's benchmark: configs), held-out text."""
+    s, work, folder = ctx.settings, ctx.cache.root / "data", None
     if s.eval.benchmark == "arith":
         work = work / world.world_fingerprint(s.world)
         tasks = [evaluate.arith_task(code, ctx.world.benchmark[code], work, s.eval) for code in s.eval.langs]
     elif s.eval.benchmark == "task":
         tasks = [evaluate.task_name(s.eval, code) for code in s.eval.langs]
     else:
-        tasks = [evaluate.mgsm_task(s.eval.task_family, code, Path(s.paths.data_dir), work, s.eval)
-                 for code in s.eval.langs]
+        folder, tasks = evaluate.task_folder([evaluate.mgsm_task(s.eval.task_family, code, Path(s.paths.data_dir),
+                                                                 work, s.eval) for code in s.eval.langs], work)
     if s.eval.heldout:
         tasks.append(evaluate.heldout_task(s.lang.code, corpora.heldout, work))
-    return tasks
+    return tasks, folder
 
 
 def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str,
@@ -185,14 +186,22 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
     def compute():
         model.eval()
         with console.muted():  # lm-eval's bars and warnings: into <run dir>/console.log when report.quiet
-            results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
+            tasks, folder = eval_tasks(ctx, corpora)
+            results = evaluate.run_lm_eval(model, tokenizer, tasks, s.eval, include_path=folder)
         metrics, predictions = evaluate.summarize(results, s.eval)
-        ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
-                       write_extra=lambda tmp: evaluate.write_jsonl(predictions, tmp / "predictions.jsonl"))
+
+        def write(tmp: Path) -> None:
+            evaluate.write_jsonl(predictions, tmp / "predictions.jsonl")
+            with console.muted():
+                lm_eval_files.save_standard(results, tmp / lm_eval_files.FOLDER, s.model.name)
+
+        ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics}, write_extra=write)
         return metrics, predictions
 
     (metrics, predictions), cached = ctx.cache.cached("evaluate", key, load, compute)
     ctx.record(name, cached, start, key)
+    model_label = name.removeprefix("evaluate").strip("/") or s.method.name  # maet, base, language_only, ...
+    lm_eval_files.copy_into_run(folder, Path(s.paths.output_dir), model_label + ctx.suffix)
     return metrics, predictions
 
 

@@ -71,24 +71,6 @@ class NoTracker:
     def log_files(self, name: str, kind: str, files: list[Path], base: Path) -> None:
         pass
 
-    def set_summary(self, scalars: dict[str, Any]) -> None:
-        """Summary values only (no history point): the numbers a panel or a filter reads."""
-        self._safely("set the summary", lambda: self.run.summary.update(scalars))
-
-    def update_config(self, config: dict[str, Any]) -> None:
-        self._safely("update the config", lambda: self.run.config.update(config, allow_val_change=True))
-
-    def log_curves(self, prefixes: list[str], rows: list[dict[str, float]]) -> None:
-        """Training curves: `<prefix>/loss` and `<prefix>/lr` against `<prefix>/step` (define_metric)."""
-        def _log():
-            for prefix in prefixes:
-                self.run.define_metric(f"{prefix}/step", hidden=True)
-                for kind in ("loss", "lr"):
-                    self.run.define_metric(f"{prefix}/{kind}", step_metric=f"{prefix}/step")
-            for row in rows:
-                self.run.log(row)
-        self._safely("log curves", _log)
-
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         pass
 

@@ -59,12 +59,28 @@ def test_two_default_runs_differing_in_beta_are_told_apart_with_curves_and_paire
         assert {a["name"] for a in run.artifacts if a["type"] in ("model", "mask", "delta")} == set(made)
         assert any(a["name"].startswith("results-") for a in run.artifacts)
         assert any(a["type"] == "run_table" and a["name"].endswith("predictions") for a in run.artifacts)
+        # lm-eval's own results and samples files beside ours, also for an evaluation read from the cache
+        for model in ("maet", "language_only"):
+            assert list((tmp_path / beta / "lm_eval" / model).rglob("results_*.json")), (beta, model)
+            assert list((tmp_path / beta / "lm_eval" / model).rglob("samples_arith_sw_*.jsonl")), (beta, model)
         assert "wandb:" not in outputs[beta]  # no W&B banner on the console (report.quiet)
         assert "Running generate_until requests" not in outputs[beta]  # lm-eval's bars are in console.log
         assert "Running generate_until requests" in (tmp_path / beta / "console.log").read_text()
     assert runs["1.0"].name != runs["0.5"].name
     assert runs["0.5"].config["lineage"]["made"] == [] and runs["0.5"].config["lineage"]["read"]
     assert json.loads((tmp_path / "0.5" / "metrics.json").read_text())["beta"] == 0.5
+
+
+def test_no_tracker_answers_everything_the_wandb_tracker_does():
+    from maet import tracking
+
+    import inspect
+
+    public = {n for n, v in vars(tracking.WandbTracker).items() if callable(v) and not n.startswith("_")}
+    assert public <= set(dir(tracking.NoTracker))
+    for name in public:  # same arguments, so that tracker=none takes every call the pipeline makes
+        assert list(inspect.signature(getattr(tracking.NoTracker, name)).parameters) == \
+            list(inspect.signature(getattr(tracking.WandbTracker, name)).parameters), name
 
 
 def test_run_names_differ_whenever_the_overrides_differ_and_stay_short():
