@@ -3,7 +3,6 @@ training curves on each stage's own axis, the results tables as summary scalars,
 told apart, lineage; and the pure pieces that build them."""
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from maet import console, dashboard, train, wandbfile
+from maet import dashboard, train, wandbfile
 from maet.config import PROJECT_ROOT
 from test_launch import SMALL
 
@@ -136,20 +135,6 @@ def test_the_run_file_reader_joins_records_split_across_blocks(tmp_path):
     (tmp_path / "run-x.wandb").write_bytes(bytes(data))
     assert pieces[0] == wandbfile.FIRST and pieces[-1] == wandbfile.LAST
     assert wandbfile.read_run(tmp_path / "run-x.wandb").summary["big"] == "x" * 70000
-
-
-def test_muted_output_goes_to_the_jobs_console_log_and_only_when_quiet(tmp_path, capfd):
-    log = tmp_path / "console.log"
-    with console.quiet(True, log):
-        with console.muted():
-            print("from python")
-            os.system("echo from a child process 1>&2")
-        print("after")
-    with console.quiet(False, log), console.muted():
-        print("loud")
-    out, err = capfd.readouterr()
-    assert "after" in out and "loud" in out and "from" not in out + err
-    assert "from python" in log.read_text() and "from a child process" in log.read_text()
 
 
 def test_predictions_table_has_one_row_per_item_under_the_headline_filter():
