@@ -2,15 +2,14 @@
 `samples_<task>_<date>.jsonl` (per item), written by lm-eval's `EvaluationTracker` exactly as
 `lm_eval --output_path <dir> --log_samples` writes them, so lm-eval's tools and users read them.
 
-They are made once per evaluation, kept in its cache entry (`<entry>/lm_eval/<model>/`), and
-copied into the run dir (`<run dir>/lm_eval/<evaluated model>[/seed<k>]/<model name>/`) whether the evaluation ran or came
-from the cache.
+They are written into the run dir (`<run dir>/lm_eval/<evaluated model>[/seed<k>]/<model name>/`)
+when an evaluation runs; an evaluation read from the cache has none (they hold dates and timings,
+and cache entries are bit-for-bit reproducible: tests/test_crash_resume.py).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 FOLDER = "lm_eval"
@@ -29,17 +28,6 @@ def save_standard(results: dict, folder: Path, model_name: str) -> None:
     for task_name in results.get("configs", {}):
         if task_name in samples:
             tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-
-
-def copy_into_run(entry: Path, run_dir: Path, label: str) -> Path | None:
-    """Copy an evaluation's lm-eval files from its cache entry to `<run dir>/lm_eval/<label>/`
-    (None for entries made before these files were kept)."""
-    source = entry / FOLDER
-    if not source.is_dir():
-        return None
-    target = run_dir / FOLDER / label
-    shutil.copytree(source, target, dirs_exist_ok=True)
-    return target
 
 
 def results_files(run_dir: Path) -> list[Path]:

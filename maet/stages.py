@@ -186,22 +186,19 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
     def compute():
         model.eval()
         with console.muted():  # lm-eval's bars and warnings: into <run dir>/console.log when report.quiet
-            tasks, folder = eval_tasks(ctx, corpora)
-            results = evaluate.run_lm_eval(model, tokenizer, tasks, s.eval, include_path=folder)
+            tasks, task_dir = eval_tasks(ctx, corpora)
+            results = evaluate.run_lm_eval(model, tokenizer, tasks, s.eval, include_path=task_dir)
         metrics, predictions = evaluate.summarize(results, s.eval)
-
-        def write(tmp: Path) -> None:
-            evaluate.write_jsonl(predictions, tmp / "predictions.jsonl")
-            with console.muted():
-                lm_eval_files.save_standard(results, tmp / lm_eval_files.FOLDER, s.model.name)
-
-        ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics}, write_extra=write)
+        ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
+                       write_extra=lambda tmp: evaluate.write_jsonl(predictions, tmp / "predictions.jsonl"))
+        label = name.removeprefix("evaluate").strip("/") or s.method.name  # maet, base, language_only, ...
+        with console.muted():  # lm-eval's own files (timestamped: beside ours in the run dir, not in the cache)
+            lm_eval_files.save_standard(results, Path(s.paths.output_dir) / lm_eval_files.FOLDER / (label + ctx.suffix),
+                                        s.model.name)
         return metrics, predictions
 
     (metrics, predictions), cached = ctx.cache.cached("evaluate", key, load, compute)
     ctx.record(name, cached, start, key)
-    model_label = name.removeprefix("evaluate").strip("/") or s.method.name  # maet, base, language_only, ...
-    lm_eval_files.copy_into_run(folder, Path(s.paths.output_dir), model_label + ctx.suffix)
     return metrics, predictions
 
 

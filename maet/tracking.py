@@ -92,7 +92,8 @@ class WandbTracker:
         self._wandb = wandb
         self.run = init_wandb(settings.project, settings.mode, run_dir, config, name, settings.entity,
                               settings.group, settings.tags if tags is None else tags, job_type, quiet)
-        self.where = getattr(self.run.settings, "sync_dir", "") or ""
+        self.mode = str(settings.mode)
+        self.where = getattr(getattr(self.run, "settings", None), "sync_dir", "") or ""  # the offline run dir
 
     broken = False  # after the first failure nothing more is sent (and one warning is enough)
 
@@ -116,7 +117,7 @@ class WandbTracker:
 
     def set_summary(self, scalars: dict[str, Any]) -> None:
         """Summary values only (no history point): the numbers a panel or a filter reads."""
-        self._safely("set the summary", lambda: self.run.summary.update(scalars))
+        self._safely("log metrics (summary)", lambda: self.run.summary.update(scalars))
 
     def update_config(self, config: dict[str, Any]) -> None:
         self._safely("update the config", lambda: self.run.config.update(config, allow_val_change=True))
@@ -130,7 +131,7 @@ class WandbTracker:
                     self.run.define_metric(f"{prefix}/{kind}", step_metric=f"{prefix}/step")
             for row in rows:
                 self.run.log(row)
-        self._safely("log curves", _log)
+        self._safely("log metrics (training curves)", _log)
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         self._safely(f"log table {name}",
@@ -152,7 +153,7 @@ class WandbTracker:
     def use_artifacts(self, artifacts: list[tuple[str, str, Path]]) -> None:
         """Cache entries this job read, as its inputs (same name and reference as their maker
         logged). Online only: W&B refuses `use_artifact` offline (the run's config has the names)."""
-        if self.run.settings.mode != "online" or not artifacts:
+        if self.mode != "online" or not artifacts:
             return
         self._safely("use artifacts", lambda: [self.run.use_artifact(self._reference(*a)) for a in artifacts])
 
