@@ -220,7 +220,8 @@ def log_summary_run(sweep: Path, rows: list[dict], images: dict[str, Path], trac
 
         run = init_wandb(tracker.get("project", "maet"), tracker.get("mode", "offline"), str(sweep),
                          {"sweep_dir": str(sweep), "jobs": len(rows)}, f"summary-{sweep.name}",
-                         tracker.get("entity"), tracker.get("group") or sweep.name, job_type="sweep-summary")
+                         tracker.get("entity"), tracker.get("group") or sweep.name, job_type="sweep-summary",
+                         quiet=True)
         run.log({"sweep/results": wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in rows]),
                  **{name: wandb.Image(str(path)) for name, path in images.items()}})
         run.finish()

@@ -88,6 +88,26 @@ def test_no_tracker_answers_everything_the_wandb_tracker_does():
             list(inspect.signature(getattr(tracking.WandbTracker, name)).parameters), name
 
 
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_entries_read_from_the_cache_are_used_online_and_never_logged_as_outputs(tmp_path, monkeypatch, mode):
+    import types
+
+    import wandb
+
+    from maet import tracking
+    from maet.settings import TrackerSettings
+
+    calls = []
+    run = types.SimpleNamespace(id="r1", dir=str(tmp_path), settings=types.SimpleNamespace(sync_dir=""),
+                                use_artifact=lambda a: calls.append(("use", a.name)),
+                                log_artifact=lambda a: calls.append(("log", a.name)))
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
+    tracker = tracking.open_tracker(TrackerSettings(mode=mode), {}, str(tmp_path))
+    tracker.log_artifacts([("ability-made", "delta", tmp_path)])
+    tracker.use_artifacts([("locate-read", "mask", tmp_path)])
+    assert calls == [("log", "ability-made")] + ([("use", "locate-read")] if mode == "online" else [])
+
+
 def test_run_names_differ_whenever_the_overrides_differ_and_stay_short():
     assert dashboard.run_name("maet", "sw", []) == "maet-sw"
     assert dashboard.run_name("maet", "sw", ["merge.beta=0.5", "paths.cache_dir=/x", "lang=sw"]) == "maet-sw merge.beta=0.5"
