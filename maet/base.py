@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from maet import data, extract, keys, transfer, world
-from maet.context import Context, documents, loop, steps
+from maet.context import Context, documents, loop, steps, stored_curves
 from maet.model import build_scratch_model, load_pretrained, train_tokenizer
 from maet.settings import CorpusSettings, Settings
 from maet.train import TrainStats
@@ -42,7 +42,7 @@ def resident_base(ctx: Context):
     if held is not None and held[0] == ident:
         _, model, tokenizer, theta0 = held
         transfer.load_weights(model, theta0)
-        ctx.record("base", cached=True, start=start, key=ident[0])
+        ctx.record("base", cached=True, start=start, key=ident[0], curves=stored_curves(ctx.cache, "base", ident[0]))
         ctx.stages["base"].in_memory = True
         return model, tokenizer, ident[0], theta0
     _RESIDENT.clear()  # free the previous job's model before loading another
@@ -67,7 +67,8 @@ def base_model(ctx: Context):
     stats, cached = ctx.cache.cached("base", key, load=TrainStats, compute=lambda: build_base(ctx, key))
     folder = ctx.cache.path("base", key) / "model"
     model, tokenizer = load_pretrained(str(folder), dataclasses.replace(m, trust_remote_code=False), ctx.device)
-    ctx.record("base", cached=cached, start=start, key=key, trained=None if cached else stats)
+    ctx.record("base", cached=cached, start=start, key=key, trained=None if cached else stats,
+               curves=stored_curves(ctx.cache, "base", key) if cached else None)
     return model, tokenizer, key
 
 
@@ -91,7 +92,7 @@ def build_base(ctx: Context, key: str) -> TrainStats:
         tokenizer.save_pretrained(folder / "model")
 
     meta = {"stage": "base", "name": m.name, "params": model.num_parameters(), "config": keys.base_config(s),
-            "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds}
+            "train_tokens": stats.tokens, "steps": stats.steps, "train_seconds": stats.seconds, "curves": stats.curves}
     ctx.cache.save("base", key, meta, write_extra=write)
     return stats
 

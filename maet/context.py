@@ -30,6 +30,7 @@ class StageRecord:
     peak_gpu_mib: float = 0.0  # peak CUDA memory allocated during the stage (0 on CPU)
     optimizer_mib: float = 0.0  # optimizer state of the stage's training (0 when nothing was trained)
     in_memory: bool = False    # base only: the model of the previous job in this process, not reloaded from disk
+    final_loss: float | None = None  # training loss at the last step of the stage's (last) loop, also when cached
 
 
 def stage_peak_memory() -> tuple[float, float]:
@@ -61,6 +62,7 @@ class Context:
     device: torch.device
     world: world.World | None = None
     stages: dict[str, StageRecord] = field(default_factory=dict)
+    curves: dict[str, dict[str, list]] = field(default_factory=dict)  # stage -> loop desc -> [[step, loss, lr]]
     suffix: str = ""  # "/seed<k>" for every seed but the first
 
     def for_seed(self, k: int) -> "Context":
@@ -69,13 +71,30 @@ class Context:
                                    suffix=f"/seed{self.settings.seed + k}" if k else "")
 
     def record(self, stage: str, cached: bool, start: float, key: str | None = None,
-               trained: TrainStats | None = None, cost_tokens: int | None = None) -> None:
+               trained: TrainStats | None = None, cost_tokens: int | None = None,
+               curves: dict[str, list] | None = None) -> None:
+        """The stage's record; `curves` are the loss curves of a cached artifact (from its meta.json)."""
         trained = trained or TrainStats()
         cost = trained.tokens if cost_tokens is None else cost_tokens
+        curves = curves or trained.curves
         rss, gpu = stage_peak_memory()
         self.stages[stage + self.suffix] = StageRecord(cached, round(time.perf_counter() - start, 3),
                                                        trained.tokens, trained.steps, key, cost, round(rss, 1),
-                                                       round(gpu, 1), round(trained.optimizer_bytes / 2**20, 3))
+                                                       round(gpu, 1), round(trained.optimizer_bytes / 2**20, 3),
+                                                       final_loss=final_loss(curves))
+        if curves:
+            self.curves[stage + self.suffix] = curves
+
+
+def final_loss(curves: dict[str, list] | None) -> float | None:
+    """The loss at the last recorded step of the last training loop, None without a curve."""
+    last = [points for points in (curves or {}).values() if points]
+    return round(last[-1][-1][1], 4) if last else None
+
+
+def stored_curves(cache: ArtifactCache, stage: str, key: str) -> dict[str, list] | None:
+    """The loss curves a cache entry was made with (entries made before curves existed have none)."""
+    return cache.meta(stage, key).get("curves") if cache.exists(stage, key) else None
 
 
 @dataclass
@@ -116,8 +135,10 @@ def steps(s: Settings, tokens: int) -> int:
 
 
 def loop(s: Settings) -> dict[str, float]:
-    """The keyword arguments of the training loop (`maet.train.optimize`) from `train.*`."""
-    return {"warmup_ratio": s.train.warmup_ratio, "weight_decay": s.train.weight_decay, "grad_clip": s.train.grad_clip}
+    """The keyword arguments of the training loop (`maet.train.optimize`) from `train.*` and
+    `tracker.curve_every`."""
+    return {"warmup_ratio": s.train.warmup_ratio, "weight_decay": s.train.weight_decay, "grad_clip": s.train.grad_clip,
+            "curve_every": s.tracker.curve_every}
 
 
 def reseed(seed: int, stage: str) -> None:
@@ -142,13 +163,14 @@ def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) 
         tensors, trained, extra = compute()
         tensors = dict(sorted(tensors.items()))
         meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
-                "steps": trained.steps, "train_seconds": trained.seconds, **extra}
+                "steps": trained.steps, "train_seconds": trained.seconds, "curves": trained.curves, **extra}
         ctx.cache.save(stage, key, meta, tensors)
         return tensors, trained
 
     (tensors, trained), cached = ctx.cache.cached(stage, key, load, make)
     if cached:
-        ctx.record(stage, True, start, key, cost_tokens=ctx.cache.meta(stage, key).get("train_tokens", 0))
+        meta = ctx.cache.meta(stage, key)
+        ctx.record(stage, True, start, key, cost_tokens=meta.get("train_tokens", 0), curves=meta.get("curves"))
     else:
         ctx.record(stage, False, start, key, trained)
     return tensors, key

@@ -2,20 +2,23 @@
 on held-out general text (language retention).
 
 MGSM uses lm-eval's own task definitions (`mgsm_native_cot_<lang>`: prompt, exemplars, stop
-words, answer extraction), loaded from lm-eval's YAML and pointed at local data files built
-from `<data_dir>/mgsm` with the hub dataset's schema. Nothing of the prompt is re-implemented.
+words, answer extraction) through a task folder of our own: one YAML per task that `include`s
+lm-eval's file and overrides only the data source (local files built from `<data_dir>/mgsm`
+with the hub dataset's schema), the few-shot count and `max_gen_toks`; lm-eval reads the folder
+through `TaskManager(include_path=...)`. Nothing of the prompt is re-implemented.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import random
 from pathlib import Path
 
 import lm_eval
-from lm_eval.tasks import _yaml_loader
+import yaml
 
 from maet.cache import file_sha256, write_text_atomic
 from maet.settings import EvalSettings
@@ -73,28 +76,39 @@ def split_file(settings: EvalSettings) -> str:
     return f"{settings.split}-dev{settings.dev_size}.jsonl" if settings.dev_size else "test.jsonl"
 
 
-def lm_eval_task_yaml(family: str, lang: str) -> dict:
-    """lm-eval's own config of `<family>_<lang>`, includes resolved."""
-    path = Path(lm_eval.__file__).parent / "tasks" / "mgsm" / FAMILY_DIRS[family] / f"{family}_{lang}.yaml"
-    return _yaml_loader.load_yaml(path, resolve_func=True)
+def lm_eval_task_file(family: str, lang: str) -> Path:
+    """lm-eval's own YAML of `<family>_<lang>` in its installed task tree."""
+    return Path(lm_eval.__file__).parent / "tasks" / "mgsm" / FAMILY_DIRS[family] / f"{family}_{lang}.yaml"
 
 
 def mgsm_task(family: str, lang: str, data_dir: Path, work_dir: Path, settings: EvalSettings) -> dict:
-    """lm-eval's own MGSM task config for `lang`: from the hub (`eval.source=hub`), or reading
-    local data files with the hub dataset's schema (`eval.source=local`). Prompt, exemplars,
-    stop words and answer extraction are lm-eval's in both."""
-    config = lm_eval_task_yaml(family, lang)
-    config.pop("tag", None)
-    config["num_fewshot"] = settings.num_fewshot
+    """Our task file for `lang`: lm-eval's own MGSM task (`include`), from the hub
+    (`eval.source=hub`) or reading local data files with the hub dataset's schema
+    (`eval.source=local`). Prompt, exemplars, stop words and answer extraction are lm-eval's in both."""
+    source = lm_eval_task_file(family, lang)
+    config = {"include": str(source), "task": f"{family}_{lang}", "num_fewshot": settings.num_fewshot}
     if settings.source == "local":
         train, test = mgsm_rows(data_dir, lang)
         files = {"train": str(write_jsonl(train, work_dir / "mgsm" / lang / "train.jsonl")),
                  "test": str(write_jsonl(split_items(test, settings), work_dir / "mgsm" / lang / split_file(settings)))}
         config.update(task=f"{family}_{lang}_local", dataset_path="json", dataset_name=None,
                       dataset_kwargs={"data_files": files})
-    if settings.max_gen_toks is not None:
-        config["generation_kwargs"] = {**config.get("generation_kwargs", {}), "max_gen_toks": settings.max_gen_toks}
+    if settings.max_gen_toks is not None:  # an included key is replaced whole: keep the language file's stop words
+        own = yaml.safe_load(source.read_text(encoding="utf-8")).get("generation_kwargs", {})
+        config["generation_kwargs"] = {**own, "max_gen_toks": settings.max_gen_toks}
     return config
+
+
+def task_folder(configs: list[dict], work_dir: Path) -> tuple[Path, list[str]]:
+    """(folder, task names): one `<task>.yaml` per config in a folder named by their content, for
+    `TaskManager(include_path=folder)` (parallel jobs with the same tasks write the same files)."""
+    text = {c["task"]: yaml.safe_dump(c, allow_unicode=True, sort_keys=False) for c in configs}  # data_files: train first
+    folder = work_dir / "tasks" / hashlib.sha256(json.dumps(text, sort_keys=True).encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in text.items():
+        if not (folder / f"{name}.yaml").is_file():
+            write_text_atomic(folder / f"{name}.yaml", body)
+    return folder, list(text)
 
 
 def arith_task(lang: str, items: list[dict], work_dir: Path, settings: EvalSettings) -> dict:
@@ -137,17 +151,19 @@ def heldout_task(lang: str, docs: list[str], work_dir: Path) -> dict:
     }
 
 
-@functools.lru_cache(maxsize=2)
-def _task_manager(builtin: bool):
-    """One TaskManager per process. Without lm-eval's built-in index when every task comes as a
-    config: indexing its ~14,000 task files costs seconds on every call that builds its own."""
+@functools.lru_cache(maxsize=4)
+def _task_manager(builtin: bool, include_path: str | None = None):
+    """One TaskManager per process and task folder. Without lm-eval's built-in index when every
+    task is ours: indexing its ~14,000 task files costs seconds on every call that builds its own."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_defaults=builtin)
+    return TaskManager(include_path=include_path, include_defaults=builtin)
 
 
-def run_lm_eval(model, tokenizer, tasks: list[dict | str], settings: EvalSettings) -> dict:
-    """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`)."""
+def run_lm_eval(model, tokenizer, tasks: list[dict | str], settings: EvalSettings,
+                include_path: Path | None = None) -> dict:
+    """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`); task names
+    are lm-eval's or those of our task folder `include_path`, dicts are configs."""
     import datasets
     from lm_eval.models.huggingface import HFLM
 
@@ -157,7 +173,9 @@ def run_lm_eval(model, tokenizer, tasks: list[dict | str], settings: EvalSetting
     return lm_eval.simple_evaluate(
         model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
         numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
-        bootstrap_iters=0, task_manager=_task_manager(any(isinstance(t, str) for t in tasks)),
+        bootstrap_iters=0,
+        task_manager=_task_manager(include_path is None and any(isinstance(t, str) for t in tasks),
+                                   str(include_path) if include_path else None),
     )
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from maet import data, evaluate, regime, transfer, world
+from maet import console, dashboard, data, evaluate, regime, transfer, world
 from maet.base import resident_base
 from maet.cache import ArtifactCache, write_text_atomic
 from maet.context import Context, Corpora, load_corpora, uses_world
 from maet.model import resolve_device
+from maet.progress import progress
 from maet.settings import Settings
 from maet.stages import Artifacts, evaluate_stage, seed_artifacts, transfer_stage, variant_weights
 from maet.summary import JobResult, headline, job_summary, results_table, run_plots, stage_artifacts, testbed_flat
@@ -49,7 +50,7 @@ def evaluate_variants(ctx: Context, model, tokenizer, corpora: Corpora, base: di
     """Build and evaluate the method and every reference model for the seed of `ctx`, in place
     in the resident model (θ0 is restored after each)."""
     s, method = ctx.settings, ctx.settings.method.name
-    for variant in testbed.metrics:
+    for variant in progress(iterable=list(testbed.metrics), desc=f"evaluate: seed {s.seed}", unit="model"):
         start = time.perf_counter()
         weights, model_key = variant_weights(variant, s, base, a)
         transfer.load_weights(model, weights)
@@ -86,7 +87,7 @@ def run_job(s: Settings) -> JobResult:
     runs = testbed.metrics[s.method.name]
     return JobResult(_mean_metrics(runs), runs, testbed.metrics, testbed.items, testbed.predictions, ctx.stages,
                      similarity, kept, tensor_rows(a, similarity, kept), mask_rows, model.num_parameters(),
-                     testbed.regime)
+                     testbed.regime, ctx.curves)
 
 
 REGIME_DOCS = 16  # sequences of train.seq_len tokens per input set of the disentanglement error
@@ -156,18 +157,23 @@ def write_outputs(summary: dict, result: JobResult, out: Path) -> dict[str, Path
     return run_plots(summary, out / "plots")
 
 
-def track(tracker, s: Settings, summary: dict, result: JobResult, images: dict[str, Path]) -> None:
-    """Numbers, tables, pictures and (by reference) the cache entries of the job."""
-    tracker.log({**summary["metrics"], "headline": summary["metrics"][headline(s)],
-                 "train_tokens": summary["train_tokens"],
-                 **{f"stages/{n}/seconds": r["seconds"] for n, r in summary["stages"].items()}})
+def track(tracker, s: Settings, summary: dict, result: JobResult, images: dict[str, Path], out: Path) -> None:
+    """Curves, summary scalars, tables, pictures, predictions, lineage and the job's own files."""
+    tracker.log_curves(*dashboard.curve_rows(result.curves))
+    tracker.set_summary(dashboard.summary_scalars(summary))
     tracker.log_table("testbed", *testbed_flat(summary))
     if result.tensors:
         columns = list(result.tensors[0])
         tracker.log_table("transfer/tensors", columns, [[r[c] for c in columns] for r in result.tensors])
+    tracker.log_table("predictions", dashboard.PREDICTION_COLUMNS,
+                      dashboard.prediction_rows(result.predictions, s.eval.filter))
     tracker.log_images(images)
     if s.tracker.log_artifacts:
-        tracker.log_artifacts(stage_artifacts(summary, ArtifactCache(s.paths.cache_dir)))
+        entries = stage_artifacts(summary, ArtifactCache(s.paths.cache_dir))
+        tracker.update_config({"lineage": dashboard.lineage(entries)})
+        tracker.log_artifacts([(n, k, p) for n, k, p, made in entries if made])
+        tracker.use_artifacts([(n, k, p) for n, k, p, made in entries if not made])
+    tracker.log_files("results", "results", dashboard.result_files(out), out)
 
 
 def run(cfg: DictConfig) -> float:
@@ -176,17 +182,25 @@ def run(cfg: DictConfig) -> float:
     check_writable("paths.cache_dir", s.paths.cache_dir)
     check_writable("paths.output_dir", s.paths.output_dir)
     out = Path(s.paths.output_dir)
+    choices, overrides = dashboard.hydra_view()
+    who = dashboard.identity(s, choices, overrides)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    write_text_atomic(out / "config.resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     tracker_settings = dataclasses.replace(s.tracker, group=s.tracker.group or _sweep_group())  # one group per sweep
-    tracker = open_tracker(tracker_settings, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), str(out),
-                           name=f"{s.method.name}-{s.lang.code}-a{s.merge.alpha}")
+    tracker = open_tracker(tracker_settings, {**config, "hydra": {"choices": choices, "overrides": overrides}},
+                           str(out), name=who.name, job_type=who.job_type, tags=who.tags, quiet=s.report.quiet)
     try:
-        result = run_job(s)
+        with console.quiet(s.report.quiet, out / "console.log"):
+            result = run_job(s)
         summary = job_summary(s, result)
         images = write_outputs(summary, result, out)
-        track(tracker, s, summary, result, images)
+        track(tracker, s, summary, result, images, out)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
     tracker.finish(exit_code=0)
     print(results_table(summary))
+    if tracker.where:
+        print(f"W&B run '{who.name}' (offline: wandb sync {tracker.where})" if s.tracker.mode == "offline"
+              else f"W&B run '{who.name}'")
     return float(summary["metrics"][headline(s)])

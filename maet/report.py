@@ -1,5 +1,7 @@
 """One table over every job of a sweep: printed and written at the end of every multirun (the
-`SweepReport` Hydra callback), and again on demand: `python -m maet.report <sweep dir> [--wandb]`.
+`SweepReport` Hydra callback), and again on demand: `python -m maet.report <sweep dir> [--wandb]`,
+also over a W&B sweep's runs (`--from-wandb-sweep entity/project/id` downloads them; or the
+folder the sweep file's `hydra.run.dir` puts them in) and then `--best-on-test`.
 
 Reads each job's `metrics.json` (jobs without one are listed as failed, not dropped). One row
 per job: lang, method, alpha, seed and the job's other swept overrides (`setting`), with the
@@ -218,7 +220,8 @@ def log_summary_run(sweep: Path, rows: list[dict], images: dict[str, Path], trac
 
         run = init_wandb(tracker.get("project", "maet"), tracker.get("mode", "offline"), str(sweep),
                          {"sweep_dir": str(sweep), "jobs": len(rows)}, f"summary-{sweep.name}",
-                         tracker.get("entity"), tracker.get("group") or sweep.name, job_type="sweep-summary")
+                         tracker.get("entity"), tracker.get("group") or sweep.name, job_type="sweep-summary",
+                         quiet=True)
         run.log({"sweep/results": wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in rows]),
                  **{name: wandb.Image(str(path)) for name, path in images.items()}})
         run.finish()
@@ -242,24 +245,58 @@ def best_on_test(config, sweep: Path) -> Path | None:
         return None
     best = (yaml.safe_load(results.read_text()) or {}).get("best_params") or {}
     task = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in best]
+    print(f"\nOptuna best (dev split): {best}; evaluating it once on the test split:")
+    return test_run(sweep, [*task, *(f"{k}={v}" for k, v in best.items())], str(best))
+
+
+def test_run(sweep: Path, overrides: list[str], label: str) -> Path:
+    """Run `overrides` once on the test split with base and language_only beside it (one job in
+    `<sweep>/best_on_test`), print its line and append it to summary.md; returns its run dir."""
     run_dir = sweep / "best_on_test"
     from maet.config import PROJECT_ROOT
 
-    args = [*task, *(f"{k}={v}" for k, v in best.items()), "eval.split=test", "report.references=[base,language_only]",
-            f"hydra.run.dir={run_dir}"]
-    print(f"\nOptuna best (dev split): {best}; evaluating it once on the test split:\n  launch.py {' '.join(args)}")
+    args = [*overrides, "eval.split=test", "report.references=[base,language_only]", f"hydra.run.dir={run_dir}"]
+    print(f"  launch.py {' '.join(args)}")
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], text=True)
     if proc.returncode != 0:
         warnings.warn(f"the test run of the best trial failed (exit code {proc.returncode}); see {run_dir}")
         return run_dir
     row = job_row(json.loads((run_dir / "metrics.json").read_text()), "best_on_test")
-    line = (f"Best trial on the test split (chosen on dev, evaluated once): {best} -> "
+    line = (f"Best trial on the test split (chosen on dev, evaluated once): {label} -> "
             f"{interval_text(row['accuracy'], row['low'], row['high']).replace(' [', '% [', 1)}, "
             f"vs language_only on the same items {_paired(row) or 'n/a'} ({run_dir})")
     print(line)
     with open(sweep / "summary.md", "a") as fh:
         fh.write(f"\n{line}\n")
     return run_dir
+
+
+def best_dev_job(sweep: Path) -> tuple[str, list[str]]:
+    """(job, its overrides) of the finished job with the highest dev accuracy in a folder of runs
+    (a W&B sweep's run dirs); refuses when any job did not score on the dev split."""
+    rows = [r for r in collect(sweep)[0] if r["job"] != "best_on_test"]
+    if not rows:
+        raise SystemExit(f"{sweep}: no finished job (metrics.json) to choose from")
+    if any(r["split"] != "dev" for r in rows):
+        raise SystemExit(f"{sweep}: jobs scored on the test split; choose on eval.split=dev only")
+    best = max(rows, key=lambda r: r["accuracy"])
+    overrides = yaml.safe_load((sweep / best["job"] / ".hydra" / "overrides.yaml").read_text()) or []
+    keep = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("hydra.")
+            and o.split("=", 1)[0].lstrip("+~") not in ("eval.split", "report.references")]
+    return best["job"], keep
+
+
+def download_wandb_sweep(path: str, folder: Path) -> Path:
+    """Each finished run of the W&B sweep `entity/project/sweep_id` as `<folder>/<run id>/` with
+    its metrics.json and .hydra/overrides.yaml (the files every job saves with its run)."""
+    import wandb
+
+    for run in wandb.Api().sweep(path).runs:
+        if run.state != "finished":
+            continue
+        for name in ("metrics.json", ".hydra/overrides.yaml"):
+            run.file(name).download(root=str(folder / run.id), replace=True)
+    return folder
 
 
 class SweepReport(Callback):
@@ -283,15 +320,25 @@ class SweepReport(Callback):
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m maet.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir, or a folder of run dirs (a W&B sweep's)")
     parser.add_argument("--wandb", choices=["offline", "online"], help="also log a W&B summary run")
+    parser.add_argument("--from-wandb-sweep", metavar="ENTITY/PROJECT/ID",
+                        help="first download each finished run of this W&B sweep into sweep_dir")
+    parser.add_argument("--best-on-test", action="store_true",
+                        help="then run the job with the best dev accuracy once on the test split")
     args = parser.parse_args(argv)
+    if args.from_wandb_sweep:
+        download_wandb_sweep(args.from_wandb_sweep, args.sweep_dir)
     if not args.sweep_dir.is_dir():
         parser.error(f"not a directory: {args.sweep_dir}")
     text, rows, images = build(args.sweep_dir)
     print(text)
     if args.wandb:
         log_summary_run(args.sweep_dir, rows, images, {"mode": args.wandb})
+    if args.best_on_test:
+        job, overrides = best_dev_job(args.sweep_dir)
+        print(f"\nBest on dev: job {job}; evaluating it once on the test split:")
+        test_run(args.sweep_dir, overrides, f"job {job}")
     return 0
 
 

@@ -147,6 +147,7 @@ class OracleSettings:
 class ReportSettings:
     seeds: int = 1
     references: list[str] = field(default_factory=list)
+    quiet: bool = True
 
 
 @dataclass
@@ -237,6 +238,7 @@ class TrackerSettings:
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     log_artifacts: bool = True
+    curve_every: int = 10
 
 
 @dataclass

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from maet import console, data, evaluate, extract, keys, lm_eval_files, locate, transfer, world
 from maet import context as cx
-from maet import data, evaluate, extract, keys, locate, transfer, world
 from maet.cache import artifact_key
 from maet.context import Context, Corpora, cached_stage
 from maet.methods import METHODS, Deltas
@@ -164,20 +164,21 @@ def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[st
     return similarity, list(transferred), transferred
 
 
-def eval_tasks(ctx: Context, corpora: Corpora) -> list[dict]:
-    """The lm-eval task configs of this job: the benchmark in every eval language, held-out text."""
-    s, work = ctx.settings, ctx.cache.root / "data"
+def eval_tasks(ctx: Context, corpora: Corpora) -> tuple[list[dict | str], Path | None]:
+    """(the lm-eval tasks of this job, our task folder or None): the benchmark in every eval
+    language (MGSM: task names in our folder; the world's benchmark: configs), held-out text."""
+    s, work, folder = ctx.settings, ctx.cache.root / "data", None
     if s.eval.benchmark == "arith":
         work = work / world.world_fingerprint(s.world)
         tasks = [evaluate.arith_task(code, ctx.world.benchmark[code], work, s.eval) for code in s.eval.langs]
     elif s.eval.benchmark == "task":
         tasks = [evaluate.task_name(s.eval, code) for code in s.eval.langs]
     else:
-        tasks = [evaluate.mgsm_task(s.eval.task_family, code, Path(s.paths.data_dir), work, s.eval)
-                 for code in s.eval.langs]
+        folder, tasks = evaluate.task_folder([evaluate.mgsm_task(s.eval.task_family, code, Path(s.paths.data_dir),
+                                                                 work, s.eval) for code in s.eval.langs], work)
     if s.eval.heldout:
         tasks.append(evaluate.heldout_task(s.lang.code, corpora.heldout, work))
-    return tasks
+    return tasks, folder
 
 
 def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str,
@@ -194,10 +195,16 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
 
     def compute():
         model.eval()
-        results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
+        with console.muted():  # lm-eval's bars and warnings: into <run dir>/console.log when report.quiet
+            tasks, task_dir = eval_tasks(ctx, corpora)
+            results = evaluate.run_lm_eval(model, tokenizer, tasks, s.eval, include_path=task_dir)
         metrics, predictions = evaluate.summarize(results, s.eval)
         ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
                        write_extra=lambda tmp: evaluate.write_jsonl(predictions, tmp / "predictions.jsonl"))
+        label = name.removeprefix("evaluate").strip("/") or s.method.name  # maet, base, language_only, ...
+        with console.muted():  # lm-eval's own files (timestamped: beside ours in the run dir, not in the cache)
+            lm_eval_files.save_standard(results, Path(s.paths.output_dir) / lm_eval_files.FOLDER / (label + ctx.suffix),
+                                        s.model.name)
         return metrics, predictions
 
     (metrics, predictions), cached = ctx.cache.cached("evaluate", key, load, compute)

@@ -42,6 +42,7 @@ class JobResult:
     mask_rows: dict[str, int]
     n_params: int
     regime: dict = dataclasses.field(default_factory=dict)  # first seed: relative norms, disentanglement (maet.regime)
+    curves: dict[str, dict[str, list]] = dataclasses.field(default_factory=dict)  # stage -> loop -> [[step, loss, lr]]
 
 
 def headline(s: Settings) -> str:
@@ -161,17 +162,24 @@ def testbed_table(summary: dict, fmt: str = "github") -> str:
 
 def stage_table(summary: dict) -> str:
     """Stages grouped over seeds and models: computed / cached counts, seconds, training tokens,
-    peak memory (RSS, GPU) and optimizer state (largest over the group)."""
+    peak memory (RSS, GPU), optimizer state (largest over the group), final training loss (mean
+    over the group's seeds; also for an artifact read from the cache)."""
     groups: dict[str, list[dict]] = {}
     for name, record in summary["stages"].items():
         groups.setdefault(name.split("/")[0], []).append(record)
     rows = [[stage, sum(not r["cached"] for r in records), sum(r["cached"] for r in records),
              f"{sum(r['seconds'] for r in records):.1f}", sum(r["train_tokens"] for r in records),
              f"{max(r.get('peak_rss_mib', 0) for r in records):.0f}", f"{max(r.get('peak_gpu_mib', 0) for r in records):.0f}",
-             f"{max(r.get('optimizer_mib', 0) for r in records):.2f}"]
+             f"{max(r.get('optimizer_mib', 0) for r in records):.2f}", _mean_text([r.get("final_loss") for r in records])]
             for stage, records in groups.items()]
     return tabulate(rows, headers=["stage", "computed", "cached", "seconds", "train tokens", "peak RSS MiB",
-                                   "peak GPU MiB", "optimizer MiB"], tablefmt="github")
+                                   "peak GPU MiB", "optimizer MiB", "final loss"], tablefmt="github")
+
+
+def _mean_text(values: list[float | None]) -> str:
+    """`1.234`: the mean of the values that exist, "" if none does."""
+    present = [v for v in values if v is not None]
+    return f"{sum(present) / len(present):.3f}" if present else ""
 
 
 def results_table(summary: dict) -> str:
@@ -207,15 +215,18 @@ def regime_lines(regime: dict, seed: int) -> list[str]:
 STAGE_ARTIFACTS = ("base", "locate", "ability", "language", "oracle", "ability_full", "cpt_all")
 
 
-def stage_artifacts(summary: dict, cache: ArtifactCache) -> list[tuple[str, str, Path]]:
-    """(name, type, cache folder) of every weight artifact this job used (W&B references, no upload)."""
-    found = {}
+def stage_artifacts(summary: dict, cache: ArtifactCache) -> list[tuple[str, str, Path, bool]]:
+    """(name, type, cache folder, made by this job) of every weight artifact this job used (W&B
+    references, no upload); made: computed here rather than read from the cache."""
+    found: dict[str, list] = {}
     for name, record in summary["stages"].items():
         stage = name.split("/")[0]
         if stage in STAGE_ARTIFACTS and record["key"] and cache.exists(stage, record["key"]):
-            found[f"{stage}-{record['key']}"] = ("mask" if stage == "locate" else "model" if stage == "base"
-                                                 else "delta", cache.path(stage, record["key"]))
-    return [(name, kind, path) for name, (kind, path) in found.items()]
+            entry = found.setdefault(f"{stage}-{record['key']}", [
+                "mask" if stage == "locate" else "model" if stage == "base" else "delta",
+                cache.path(stage, record["key"]), False])
+            entry[2] = entry[2] or not record["cached"]
+    return [(name, kind, path, made) for name, (kind, path, made) in found.items()]
 
 
 def run_plots(summary: dict, folder: Path) -> dict[str, Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,13 @@ def redact(tree: Any) -> Any:
 
 def init_wandb(project: str, mode: str, run_dir: str, config: dict, name: str | None = None,
                entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
-               job_type: str | None = None):
-    """The one `wandb.init` of the project (job runs and sweep-summary runs)."""
+               job_type: str | None = None, quiet: bool = False):
+    """The one `wandb.init` of the project (job runs and sweep-summary runs); `quiet`: no banner."""
     import wandb
 
     return wandb.init(project=project, entity=entity, group=group, tags=tags or None, mode=mode, dir=run_dir,
-                      name=name, job_type=job_type, config=config, reinit="finish_previous")
+                      name=name, job_type=job_type, config=config, reinit="finish_previous",
+                      settings=wandb.Settings(silent=True) if quiet else None)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -49,7 +51,24 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class NoTracker:
+    where = ""  # the offline run dir (W&B), "" without a tracker
+
     def log(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def set_summary(self, scalars: dict[str, Any]) -> None:
+        pass
+
+    def update_config(self, config: dict[str, Any]) -> None:
+        pass
+
+    def log_curves(self, prefixes: list[str], rows: list[dict[str, float]]) -> None:
+        pass
+
+    def use_artifacts(self, artifacts: list[tuple[str, str, Path]]) -> None:
+        pass
+
+    def log_files(self, name: str, kind: str, files: list[Path], base: Path) -> None:
         pass
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -66,12 +85,15 @@ class NoTracker:
 
 
 class WandbTracker:
-    def __init__(self, settings: TrackerSettings, config: dict, run_dir: str, name: str | None):
+    def __init__(self, settings: TrackerSettings, config: dict, run_dir: str, name: str | None,
+                 job_type: str | None = None, tags: list[str] | None = None, quiet: bool = False):
         import wandb
 
         self._wandb = wandb
         self.run = init_wandb(settings.project, settings.mode, run_dir, config, name, settings.entity,
-                              settings.group, settings.tags)
+                              settings.group, settings.tags if tags is None else tags, job_type, quiet)
+        self.mode = str(settings.mode)
+        self.where = getattr(getattr(self.run, "settings", None), "sync_dir", "") or ""  # the offline run dir
 
     broken = False  # after the first failure nothing more is sent (and one warning is enough)
 
@@ -93,6 +115,24 @@ class WandbTracker:
             self.run.summary.update(metrics)
         self._safely("log metrics", _log)
 
+    def set_summary(self, scalars: dict[str, Any]) -> None:
+        """Summary values only (no history point): the numbers a panel or a filter reads."""
+        self._safely("log metrics (summary)", lambda: self.run.summary.update(scalars))
+
+    def update_config(self, config: dict[str, Any]) -> None:
+        self._safely("update the config", lambda: self.run.config.update(config, allow_val_change=True))
+
+    def log_curves(self, prefixes: list[str], rows: list[dict[str, float]]) -> None:
+        """Training curves: `<prefix>/loss` and `<prefix>/lr` against `<prefix>/step` (define_metric)."""
+        def _log():
+            for prefix in prefixes:
+                self.run.define_metric(f"{prefix}/step", hidden=True)
+                for kind in ("loss", "lr"):
+                    self.run.define_metric(f"{prefix}/{kind}", step_metric=f"{prefix}/step")
+            for row in rows:
+                self.run.log(row)
+        self._safely("log metrics (training curves)", _log)
+
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         self._safely(f"log table {name}",
                      lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
@@ -100,25 +140,47 @@ class WandbTracker:
     def log_images(self, images: dict[str, Path]) -> None:
         self._safely("log images", lambda: self.run.log({k: self._wandb.Image(str(p)) for k, p in images.items()}))
 
+    def _reference(self, name: str, kind: str, folder: Path):
+        artifact = self._wandb.Artifact(name, type=kind)
+        artifact.add_reference(f"file://{Path(folder).resolve()}", checksum=False)
+        return artifact
+
     def log_artifacts(self, artifacts: list[tuple[str, str, Path]]) -> None:
-        """Cache entries as artifacts by reference (`file://` URIs): W&B records paths, uploads nothing."""
+        """Cache entries this job made, as its outputs, by reference (`file://` URIs): W&B records
+        paths, uploads nothing."""
+        self._safely("log artifacts", lambda: [self.run.log_artifact(self._reference(*a)) for a in artifacts])
+
+    def use_artifacts(self, artifacts: list[tuple[str, str, Path]]) -> None:
+        """Cache entries this job read, as its inputs (same name and reference as their maker
+        logged). Online only: W&B refuses `use_artifact` offline (the run's config has the names)."""
+        if self.mode != "online" or not artifacts:
+            return
+        self._safely("use artifacts", lambda: [self.run.use_artifact(self._reference(*a)) for a in artifacts])
+
+    def log_files(self, name: str, kind: str, files: list[Path], base: Path) -> None:
+        """Files of this job: copied into the run's `files/` (synced with it) and logged as one
+        artifact it made (`<name>-<run id>`)."""
         def _log():
-            for name, kind, folder in artifacts:
-                artifact = self._wandb.Artifact(name, type=kind)
-                artifact.add_reference(f"file://{Path(folder).resolve()}", checksum=False)
-                self.run.log_artifact(artifact)
-        self._safely("log artifacts", _log)
+            artifact = self._wandb.Artifact(f"{name}-{self.run.id}", type=kind)
+            for path in files:
+                relative = path.relative_to(base).as_posix()
+                artifact.add_file(str(path), name=relative)
+                (Path(self.run.dir) / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, Path(self.run.dir) / relative)
+            self.run.log_artifact(artifact)
+        self._safely("log files", _log)
 
     def finish(self, exit_code: int = 0) -> None:
         self._safely("finish the run", lambda: self.run.finish(exit_code=exit_code), always=True)
 
 
-def open_tracker(settings: TrackerSettings, config: dict, run_dir: str, name: str | None = None):
+def open_tracker(settings: TrackerSettings, config: dict, run_dir: str, name: str | None = None,
+                 job_type: str | None = None, tags: list[str] | None = None, quiet: bool = False):
     """The configured tracker; falls back to no tracker (with one warning) if W&B fails to start."""
     if settings.name == "none" or settings.mode == "disabled":
         return NoTracker()
     try:
-        return WandbTracker(settings, flatten(redact(config)), run_dir, name)
+        return WandbTracker(settings, flatten(redact(config)), run_dir, name, job_type, tags, quiet)
     except Exception as err:
         warnings.warn(f"W&B could not start ({err}); this job is not tracked, metrics.json is written")
         return NoTracker()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import get_cosine_schedule_with_warmup
@@ -23,10 +23,22 @@ class TrainStats:
     steps: int = 0
     seconds: float = 0.0
     optimizer_bytes: int = 0  # optimizer state after the last step (AdamW: two moments per trainable entry)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # desc -> [[step, loss, lr], ...]
 
     def __add__(self, other: "TrainStats") -> "TrainStats":
         return TrainStats(self.tokens + other.tokens, self.steps + other.steps, self.seconds + other.seconds,
-                          max(self.optimizer_bytes, other.optimizer_bytes))
+                          max(self.optimizer_bytes, other.optimizer_bytes), joined_curves(self.curves, other.curves))
+
+
+def joined_curves(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:
+    """Both loops' curves; a name that is already there gets a suffix ` #2`, ` #3`, ..."""
+    out = dict(a)
+    for name, points in b.items():
+        unique, k = name, 2
+        while unique in out:
+            unique, k = f"{name} #{k}", k + 1
+        out[unique] = points
+    return out
 
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -44,11 +56,14 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_deca
 
 def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
              batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str, *,
-             warmup_ratio: float, weight_decay: float, grad_clip: float, optimizer: str = "adamw") -> TrainStats:
-    """AdamW (or plain SGD) with linear warmup and cosine decay over `steps` batches of `[batch, seq]` ids."""
+             warmup_ratio: float, weight_decay: float, grad_clip: float, curve_every: int = 10,
+             optimizer: str = "adamw") -> TrainStats:
+    """AdamW (or plain SGD) with linear warmup and cosine decay over `steps` batches of `[batch, seq]`
+    ids. The loss and learning rate of every `curve_every`-th step (and the last) go to
+    `stats.curves[desc]`."""
     optimizer = make_optimizer(optimizer, params, lr, weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
-    stats, start = TrainStats(), time.perf_counter()
+    stats, start, curve = TrainStats(), time.perf_counter(), []
     with progress(desc=desc, unit="tok", unit_scale=True) as bar:
         for batch in batches:
             if bar.total is None:
@@ -57,13 +72,16 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
+            lr_used = schedule.get_last_lr()[0]
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             stats.steps += 1
             stats.tokens += batch.numel()
             bar.update(batch.numel())
-            if stats.steps % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if stats.steps % curve_every == 0 or stats.steps == steps:
+                curve.append([stats.steps, loss.item(), lr_used])
+                bar.set_postfix(loss=f"{curve[-1][1]:.3f}", refresh=False)
+    stats.curves = {desc: curve} if curve else {}
     stats.seconds = time.perf_counter() - start
     stats.optimizer_bytes = optimizer_bytes(optimizer)
     return stats

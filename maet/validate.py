@@ -130,7 +130,8 @@ def check_composition(argv: list[str], conf_dir: Path) -> None:
     from hydra import initialize_config_dir
 
     args = hydra_arguments(argv)
-    if args.multirun or args.config_name or args.config_path or args.config_dir or args.help or args.hydra_help:
+    if args.multirun or args.config_name or args.config_path or args.config_dir or args.help or args.hydra_help \
+            or args.shell_completion:  # -sc install=bash: Hydra reads the rest as completion commands
         return
     with initialize_config_dir(str(conf_dir), version_base="1.3"):
         compose_checked(args.overrides)
@@ -361,6 +362,7 @@ def _training(s: Settings) -> None:
     _positive_int("language.tokens", s.language.tokens)
     _positive("language.lr", s.language.lr)
     _positive_int("oracle.tokens", s.oracle.tokens)
+    _positive_int("tracker.curve_every", s.tracker.curve_every)
     _positive("oracle.lr", s.oracle.lr)
 
 

@@ -219,11 +219,38 @@ def test_every_wandb_sweep_file_calls_launch_py_with_valid_overrides(path):
     spec = yaml.safe_load(path.read_text())
     assert spec["program"] == "launch.py" and "${args_no_hyphens}" in spec["command"]
     assert spec["metric"]["name"] == "headline"
-    firsts = {key: p["values"][0] if "values" in p else p["value"] for key, p in spec["parameters"].items()}
+    params = {k: p for k, p in spec["parameters"].items() if not k.startswith("hydra.")}  # Hydra's own: not a job key
+    firsts = {key: p["values"][0] if "values" in p else p["min"] if "min" in p else p["value"]
+              for key, p in params.items()}
     overrides = [f"{k}={v}" for k, v in firsts.items() if k != "tracker.mode"]
     load(*overrides)
-    lasts = [f"{k}={p['values'][-1]}" for k, p in spec["parameters"].items() if "values" in p]
+    lasts = [f"{k}={p['values'][-1] if 'values' in p else p['max']}" for k, p in params.items()
+             if "values" in p or "max" in p]
     load(*lasts)
+
+
+def test_the_bayes_wandb_sweep_searches_what_the_optuna_preset_searches_on_dev_only():
+    spec = yaml.safe_load((PROJECT_ROOT / "sweeps" / "optuna.yaml").read_text())
+    preset = yaml.safe_load((PROJECT_ROOT / "conf" / "sweep" / "optuna.yaml").read_text())
+    assert spec["method"] == "bayes" and spec["run_cap"] == preset["hydra"]["sweeper"]["n_trials"]
+    for key, interval in preset["hydra"]["sweeper"]["params"].items():
+        low, high = (float(x) for x in interval.removeprefix("interval(").rstrip(")").split(","))
+        assert (spec["parameters"][key]["min"], spec["parameters"][key]["max"]) == (low, high), key
+    for key, value in [("eval.split", "dev"), ("eval.dev_size", preset["eval"]["dev_size"]),
+                       ("report.seeds", preset["report"]["seeds"])]:
+        assert spec["parameters"][key]["value"] == value
+    assert "WANDB_SWEEP_ID" in spec["parameters"]["hydra.run.dir"]["value"]  # the runs in one folder for maet.report
+
+
+def test_best_on_test_over_a_folder_of_runs_chooses_on_dev_only(tmp_path):
+    jobs = [(["merge.alpha=0.5", "eval.split=dev", "hydra.run.dir=x"], {**fake_summary("sw", "maet", 0.5, 0, [0.2]), "split": "dev"}),
+            (["merge.alpha=1.5", "eval.split=dev"], {**fake_summary("sw", "maet", 1.5, 0, [0.4]), "split": "dev"}),
+            (["merge.alpha=1.0", "eval.split=dev"], None)]
+    sweep = make_sweep(tmp_path / "runs", jobs)
+    assert report.best_dev_job(sweep) == ("1", ["merge.alpha=1.5"])
+    (sweep / "0" / "metrics.json").write_text(json.dumps(fake_summary("sw", "maet", 0.5, 0, [0.9])))  # a test-split job
+    with pytest.raises(SystemExit, match="dev only"):
+        report.best_dev_job(sweep)
 
 
 def test_launcher_presets_compose():
