@@ -4,9 +4,10 @@ Key-neuron training makes only the selected rows trainable: for each masked weig
 a zero-initialised fp32 row delta `D[k, in]` is the only trainable tensor, so gradients and
 optimizer state exist for `D` alone — proportional to the ratio, not to the model. A masked
 `nn.Linear` computes `y = x @ W'.T` with `W' = W` whose rows `r` are `W[r] + D`
-(`PatchedRowsLinear`): `W'` and its gradient exist inside one layer's forward or backward at a
-time, never for the whole model, and the arithmetic is the same as patching every weight
-up front (bit-identical deltas in fp32). Any other masked tensor (an embedding, a tied or
+(`PatchedRowsLinear`): the key rows are patched in place for one product at a time and restored
+exactly, the weight gradient is formed in one buffer per weight shape, so no full-size copy or
+gradient exists per weight, and the arithmetic is that of patching every weight up front
+(bit-identical deltas in fp32). Any other masked tensor (an embedding, a tied or
 hooked weight, a norm) is patched up front through `torch.func.functional_call`.
 
 Full training (`train_full`) of a half-precision model keeps fp32 master weights
@@ -36,29 +37,52 @@ def patch_rows(weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) ->
     return weight.index_copy(0, rows, (weight[rows].float() + delta).to(weight.dtype))
 
 
+@contextmanager
+def rows_patched(weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> Iterator[None]:
+    """For the duration, `weight`'s rows `rows` hold `patch_rows`'s values, written in place into
+    its storage (untracked by autograd) and restored exactly from a copy of the `k` original rows
+    afterwards: no full-size copy of the weight."""
+    data = weight.data
+    original = data.index_select(0, rows)
+    data.index_copy_(0, rows, (original.float() + delta).to(data.dtype))
+    try:
+        yield
+    finally:
+        data.index_copy_(0, rows, original)
+
+
 class PatchedRowsLinear(torch.autograd.Function):
     """`y = x @ W'.T (+ b)` with `W' = patch_rows(W, rows, D)`; only `D` gets a gradient.
 
-    `W'` is rebuilt in the backward instead of being saved, and the weight gradient `[out, in]`
-    is formed transiently to take its rows (the same products autograd forms for `F.linear`
-    with a patched weight, so the result is bit-identical to patching the weights up front)."""
+    `W'` is `W` with its key rows patched in place for the duration of one product (forward, and
+    the input gradient in the backward); the weight gradient `[out, in]` is formed in a buffer
+    shared by the layers of its shape to take its rows. These are the products autograd forms for
+    `F.linear` with a patched copy of the weight: bit-identical results, no copy of any weight."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, rows, delta):  # x [..., in], weight [out, in], delta [k, in]
-        ctx.save_for_backward(x, weight, rows, delta)
-        return F.linear(x, patch_rows(weight, rows, delta), bias)
+    def forward(ctx, x, weight, bias, rows, delta, buffers):  # x [..., in], weight [out, in], delta [k, in]
+        ctx.save_for_backward(x, rows, delta)
+        ctx.weight, ctx.buffers = weight, buffers  # the frozen weight is not saved: its storage changes in place
+        with rows_patched(weight, rows, delta):
+            return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):  # grad [..., out]
-        x, weight, rows, delta = ctx.saved_tensors
+        x, rows, delta = ctx.saved_tensors
+        weight, grad_x = ctx.weight, None
         grad2d = grad.reshape(-1, grad.shape[-1])
-        grad_x = grad2d.mm(patch_rows(weight, rows, delta)).view(x.shape) if ctx.needs_input_grad[0] else None
-        grad_delta = grad2d.t().mm(x.reshape(-1, x.shape[-1])).index_select(0, rows).to(delta.dtype)
-        return grad_x, None, None, None, grad_delta
+        if ctx.needs_input_grad[0]:
+            with rows_patched(weight, rows, delta):
+                grad_x = grad2d.mm(weight).view(x.shape)
+        key = (tuple(weight.shape), grad.dtype, grad.device)
+        buffer = ctx.buffers.setdefault(key, torch.empty(weight.shape, dtype=grad.dtype, device=grad.device))
+        grad_weight = torch.mm(grad2d.t(), x.reshape(-1, x.shape[-1]), out=buffer)
+        return grad_x, None, None, None, grad_weight.index_select(0, rows).to(delta.dtype), None
 
 
-def _patched_forward(module: torch.nn.Linear, rows: torch.Tensor, delta: torch.Tensor, x: torch.Tensor):
-    return PatchedRowsLinear.apply(x, module.weight, module.bias, rows, delta)
+def _patched_forward(module: torch.nn.Linear, rows: torch.Tensor, delta: torch.Tensor, buffers: dict,
+                     x: torch.Tensor):
+    return PatchedRowsLinear.apply(x, module.weight, module.bias, rows, delta, buffers)
 
 
 def lean_linears(model, names: Iterable[str]) -> dict[str, torch.nn.Linear]:
@@ -81,9 +105,10 @@ def lean_linears(model, names: Iterable[str]) -> dict[str, torch.nn.Linear]:
 @contextmanager
 def patched_linears(linears: dict[str, torch.nn.Linear], rows: Mask, deltas: dict[str, torch.Tensor]) -> Iterator[None]:
     """For the duration, each module of `linears` computes `PatchedRowsLinear` with its rows and delta."""
+    buffers: dict = {}  # weight-gradient buffers by shape, dtype and device
     try:
         for name, module in linears.items():
-            module.forward = partial(_patched_forward, module, rows[name], deltas[name])
+            module.forward = partial(_patched_forward, module, rows[name], deltas[name], buffers)
         yield
     finally:
         for module in linears.values():
