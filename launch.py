@@ -1,6 +1,13 @@
 """MAET entry point: `python launch.py [overrides]` or `python launch.py -m <sweep overrides>`."""
 
+import os
 import sys
+
+# torch's idle CPU threads sleep at once instead of spinning: with another job on the same cores,
+# spinning threads took 10x longer alone and 30x with a second job (benchmarks/threads.py). Read
+# when torch loads OpenMP, so set before anything imports torch (and inherited by parallel
+# launchers' workers); an OMP_WAIT_POLICY in the environment wins. Numbers do not change.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hydra
 from omegaconf import DictConfig

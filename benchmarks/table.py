@@ -38,16 +38,30 @@ def rows(name: str, r: dict) -> list[list[str]]:
                  f"{r['batched']['tok_s']:.0f} vs {r['batch1']['tok_s']:.0f} generated tok/s", f"{r['speedup']:.1f}x",
                  "report", True]]
     if name == "threads":
-        return [[f"world model training, 1 thread vs torch's default ({r['default_threads']})",
-                 f"{max(r['one_thread_tok_s']):,.0f} vs {max(r['default_tok_s']):,.0f} tok/s",
-                 f"{r['ratio_one_vs_default']:.2f}", "report", True]]
+        alone, paired = r["alone_tok_s"], r["paired_tok_s"]
+        show = lambda k: f"{max(alone[k]):,.0f} alone, {max(paired[k]):,.0f} beside a second job"  # noqa: E731
+        return [[f"world model training, default threads ({r['cpu_count']}) passive vs spinning",
+                 f"{show('default_threads_passive')} vs {show('default_threads')} tok/s",
+                 f"{r['passive_vs_default_paired']:.1f}", "report", True],
+                ["world model training, one thread", f"{show('one_thread')} tok/s", "", "report", True]]
+    if name == "memory":
+        c = r["cases"]
+        size = f"{c['frozen']['params'] / 1e6:.0f}M params, fp32, 1x{r['args']['seq']} tokens"
+        return [[f"key-neuron step peak vs frozen forward+backward ({size})",
+                 f"{c['rows']['peak_mib']:.0f} vs {c['frozen']['peak_mib']:.0f} MiB "
+                 f"(weights patched up front: {c['rows_upfront']['peak_mib']:.0f}; full FT: {c['full']['peak_mib']:.0f})",
+                 f"{r['key_rows_peak_vs_frozen']:.2f}", "≤ 1.15", r["key_rows_peak_vs_frozen"] <= 1.15],
+                [f"bf16 delta norm ÷ fp32 delta norm, fp32 master weights ({r['bf16']['steps']} steps, lr {r['bf16']['lr']})",
+                 f"cos {r['bf16']['full_master_cosine']:.4f}; without master weights "
+                 f"{r['bf16_delta_retained_without_master']:.2f}", f"{r['bf16_delta_retained']:.3f}", "≥ 0.95",
+                 r["bf16_delta_retained"] >= 0.95]]
     return []
 
 
 def main() -> None:
     lines = ["| target | measured | ratio | target | holds | run |", "|---|---|---|---|---|---|"]
     machines: dict[str, int] = {}
-    for name in ("merge", "stages", "sweep", "evaluate", "threads"):
+    for name in ("merge", "stages", "memory", "sweep", "evaluate", "threads"):
         path = RESULTS / f"{name}.json"
         if path.is_file():
             r = json.loads(path.read_text())

@@ -37,7 +37,7 @@ def resident_base(ctx: Context):
     """(model, tokenizer, key, θ0 of every parameter), reusing the previous job's model when it is
     the same base on the same device (its block tensors are reset to θ0 first)."""
     start, s = time.perf_counter(), ctx.settings
-    ident = (keys.base_artifact_key(s), str(ctx.device), s.model.gradient_checkpointing)
+    ident = (keys.base_artifact_key(s, ctx.device), str(ctx.device), s.model.gradient_checkpointing)
     held = _RESIDENT.get("base")
     if held is not None and held[0] == ident:
         _, model, tokenizer, theta0 = held
@@ -56,7 +56,7 @@ def base_model(ctx: Context):
     """(model, tokenizer, key) of θ0; a scratch model is built (and pre-trained) once and cached."""
     s, start = ctx.settings, time.perf_counter()
     m = s.model
-    key = keys.base_artifact_key(s)
+    key = keys.base_artifact_key(s, ctx.device)
     if m.source != "scratch":
         model, tokenizer = load_pretrained(m.path, m, ctx.device)
         if m.gradient_checkpointing:

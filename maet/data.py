@@ -37,7 +37,8 @@ def _rows(corpus: CorpusSettings):
 
     datasets.disable_progress_bars()
     if corpus.source == "hub":
-        return datasets.load_dataset(corpus.path, corpus.name, split=corpus.split, streaming=True)
+        return datasets.load_dataset(corpus.path, corpus.name, split=corpus.split, revision=corpus.revision,
+                                     streaming=True)
     builder = "text" if corpus.format == "text" else "json"
     return datasets.load_dataset(builder, data_files=corpus.path, split="train", streaming=True)
 
@@ -86,10 +87,16 @@ def split_heldout(docs: list[str], fraction: float) -> tuple[list[str], list[str
     return train, heldout
 
 
-def token_blocks(docs: list[str], tokenizer, seq_len: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless stream of `[seq_len]` blocks: documents shuffled per epoch, joined by EOS, cut."""
+def encode_documents(docs: list[str], tokenizer) -> list[list[int]]:
+    """Token ids of each document framed as the tokenizer frames a text (`add_special_tokens`: BOS
+    first for Llama-3 or Gemma, nothing for Qwen2.5 or the built-in world's), ending with EOS."""
     eos = tokenizer.eos_token_id
-    encoded = [ids + [eos] for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]]
+    return [ids if ids and ids[-1] == eos else ids + [eos] for ids in tokenizer(docs, add_special_tokens=True)["input_ids"]]
+
+
+def token_blocks(docs: list[str], tokenizer, seq_len: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless stream of `[seq_len]` blocks: documents (`encode_documents`) shuffled per epoch, joined, cut."""
+    encoded = encode_documents(docs, tokenizer)
     total = sum(map(len, encoded))
     if total < seq_len:
         raise ValueError(f"corpus has {total} tokens, fewer than one sequence of train.seq_len={seq_len}")

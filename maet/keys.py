@@ -1,15 +1,24 @@
 """What each stage's cache key depends on, and nothing else (its inputs' keys are added by the
 stage): the mask and R(A) do not depend on the target language or the merge coefficients, R(Lj)
 does not depend on the ability, so a sweep over `lang` and `merge.alpha` computes each once.
+
+What changes numbers besides the config enters through θ0's key, on which every other key
+depends: the resolved device type and dtype and the versions of torch and transformers
+(`runtime`); the evaluation's key adds lm-eval's version.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import torch
 
 from maet import data, evaluate, world
 from maet.cache import artifact_key
+from maet.model import resolve_dtype
 from maet.settings import CorpusSettings, Settings
 
 
@@ -83,15 +92,33 @@ def evaluate_config(s: Settings) -> dict:
     else:
         data_files = [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]
     return {"eval": dataclasses.asdict(s.eval), "heldout_fraction": s.train.heldout_fraction,
-            "lang_corpus": fingerprint(s, s.lang.corpus) if s.eval.heldout else None, "data": data_files}
+            "lang_corpus": fingerprint(s, s.lang.corpus) if s.eval.heldout else None, "data": data_files,
+            "lm_eval": package_version("lm_eval")}
 
 
-def base_artifact_key(s: Settings) -> str:
-    """Cache key of θ0: its build recipe (scratch) or where it is loaded from."""
+@cache
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution (None when it is not installed)."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def runtime(s: Settings, device: torch.device) -> dict:
+    """What changes every stage's numbers besides the config: where and in which dtype the model
+    runs (resolved: `auto` is bf16 on cuda, fp32 on cpu) and the versions of torch and transformers."""
+    return {"device": device.type, "dtype": str(resolve_dtype(s.model.dtype, device)).removeprefix("torch."),
+            "torch": torch.__version__, "transformers": package_version("transformers")}
+
+
+def base_artifact_key(s: Settings, device: torch.device) -> str:
+    """Cache key of θ0: its build recipe (scratch) or where it is loaded from, and the runtime."""
     m = s.model
     if m.source != "scratch":
-        return artifact_key("base", {"source": m.source, "path": m.path, "dtype": m.dtype, "gguf_file": m.gguf_file})
-    return artifact_key("base", base_config(s))
+        return artifact_key("base", {"source": m.source, "path": m.path, "dtype": m.dtype, "gguf_file": m.gguf_file,
+                                     "runtime": runtime(s, device)})
+    return artifact_key("base", base_config(s) | {"runtime": runtime(s, device)})
 
 
 def maet_training_tokens(s: Settings) -> int:

@@ -100,6 +100,7 @@ TABLES = [
     Table("bench_sweep", "", ("-m", "benchmarks.sweep"), no_block, "command", cache_args=("--cache", "{cache}")),
     Table("bench_evaluate", "", ("-m", "benchmarks.evaluate"), no_block, "command"),
     Table("bench_threads", "", ("-m", "benchmarks.threads"), no_block, "command", cache_args=()),
+    Table("bench_memory", "", ("-m", "benchmarks.memory"), no_block, "command", cache_args=()),
     Table("bench_merge", "", ("-m", "benchmarks.merge"), no_block, "command", default=False, cache_args=()),
     Table("benchmarks", "benchmarks/README.md", ("-m", "benchmarks.table"), command_stdout, "command", fence=False,
           cache_args=()),

@@ -1,5 +1,6 @@
-"""The one training loop (AdamW, linear warmup, cosine decay, gradient clipping), and the
-helper that freezes a model's parameters for the duration of a stage.
+"""The one training loop (AdamW, linear warmup, cosine decay, gradient clipping, fp32 master
+weights for half-precision parameters), and the helper that freezes a model's parameters for
+the duration of a stage.
 
 Flat arguments only: no settings objects reach the math.
 """
@@ -57,11 +58,15 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_deca
 def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
              batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str, *,
              warmup_ratio: float, weight_decay: float, grad_clip: float, curve_every: int = 10,
-             optimizer: str = "adamw") -> TrainStats:
+             optimizer: str = "adamw", masters: list[torch.Tensor] | None = None) -> TrainStats:
     """AdamW (or plain SGD) with linear warmup and cosine decay over `steps` batches of `[batch, seq]`
     ids. The loss and learning rate of every `curve_every`-th step (and the last) go to
-    `stats.curves[desc]`."""
-    optimizer = make_optimizer(optimizer, params, lr, weight_decay)
+    `stats.curves[desc]`.
+
+    `masters`: fp32 master copies of `params` (for half-precision params): the gradients are
+    moved onto them, clipped and stepped in fp32, and `params` get the rounded values back."""
+    trained = params if masters is None else masters
+    optimizer = make_optimizer(optimizer, trained, lr, weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start, curve = TrainStats(), time.perf_counter(), []
     with progress(desc=desc, unit="tok", unit_scale=True) as bar:
@@ -70,11 +75,15 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
                 bar.total = steps * batch.numel()
             loss = loss_fn(batch)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if masters is not None:
+                grads_to_masters(params, masters)
+            torch.nn.utils.clip_grad_norm_(trained, grad_clip)
             optimizer.step()
             lr_used = schedule.get_last_lr()[0]
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            if masters is not None:
+                masters_to_params(masters, params)
             stats.steps += 1
             stats.tokens += batch.numel()
             bar.update(batch.numel())
@@ -85,6 +94,27 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
     stats.seconds = time.perf_counter() - start
     stats.optimizer_bytes = optimizer_bytes(optimizer)
     return stats
+
+
+def fp32_masters(params: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """fp32 copies of `params` (on their device) when any is in half precision, else None."""
+    if all(p.dtype == torch.float32 for p in params):
+        return None
+    return [p.detach().float().clone() for p in params]
+
+
+def grads_to_masters(params: list[torch.Tensor], masters: list[torch.Tensor]) -> None:
+    """Each param's gradient, in fp32, becomes its master's; the param's own is dropped."""
+    for p, m in zip(params, masters):
+        m.grad = None if p.grad is None else p.grad.float()
+        p.grad = None
+
+
+@torch.no_grad()
+def masters_to_params(masters: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+    """Each param <- its master, rounded to the param's dtype."""
+    for p, m in zip(params, masters):
+        p.copy_(m)
 
 
 @contextmanager

@@ -81,3 +81,19 @@ def test_cpt_all_trains_on_the_same_total_tokens_as_maet():
     s = load("extract.tokens=1000", "language.tokens=300", "extract.general=none")
     assert keys.cpt_all_config(s)["tokens"] == 1000 + 300
     assert keys.cpt_all_config(load("lang=bn")) != keys.cpt_all_config(load("lang=sw"))
+
+
+def test_keys_follow_the_runtime_that_changes_numbers(monkeypatch):
+    """θ0's key (and through it every other key) changes with the resolved device type and dtype
+    and the torch / transformers versions; the evaluation's key with lm-eval's version."""
+    s, cpu = load(), torch.device("cpu")
+    key = keys.base_artifact_key(s, cpu)
+    assert key == keys.base_artifact_key(s, cpu)
+    assert key == keys.base_artifact_key(load("model.dtype=float32"), cpu)  # auto resolves to fp32 on cpu
+    assert key != keys.base_artifact_key(load("model.dtype=bfloat16"), cpu)
+    assert key != keys.base_artifact_key(s, torch.device("cuda"))  # auto: bf16 on cuda
+    evaluate = keys.evaluate_config(s)
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert key != keys.base_artifact_key(s, cpu)
+    monkeypatch.setattr(keys, "package_version", lambda name: "0.0.1")
+    assert evaluate != keys.evaluate_config(s)

@@ -75,3 +75,37 @@ def test_mixed_batches_give_each_corpus_its_exact_token_budget():
     assert all((ord("a") in r.tolist()) != (ord("b") in r.tolist()) for r in rows)
     assert sum(from_a) == 10 and from_a[:10] != [True] * 10  # exact share, interleaved
     assert torch.equal(rows, torch.cat(list(data.mixed_batches(parts, tok, batch_size=4, seq_len=seq, seed=0))))
+
+
+def test_hub_corpus_revision_reaches_load_dataset(monkeypatch):
+    import datasets
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs, args=args)
+        return iter([{"text": "one"}, {"text": "two"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    corpus = CorpusSettings(source="hub", path="org/corpus", name="sw", split="train", revision="abc123")
+    assert data.load_documents(corpus) == ["one", "two"]
+    assert seen["revision"] == "abc123" and seen["args"] == ("org/corpus", "sw") and seen["streaming"]
+
+
+def test_documents_get_bos_only_where_the_tokenizer_adds_one(tokenizer):
+    """The tokenizer's own framing: one that adds BOS (Llama-3, Gemma) starts every document
+    with it; one that adds nothing (Qwen2.5, the built-in world's) gets documents + EOS, as before."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    docs = ["the red fox", "a tiny model"]
+    plain = data.encode_documents(docs, tokenizer)
+    assert plain == [ids + [tokenizer.eos_token_id] for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]]
+    with_bos = copy.deepcopy(tokenizer)
+    bos = with_bos.pad_token_id  # any special token serves as this tokenizer's BOS
+    with_bos.backend_tokenizer.post_processor = TemplateProcessing(single=f"{with_bos.pad_token} $A",
+                                                                   special_tokens=[(with_bos.pad_token, bos)])
+    assert data.encode_documents(docs, with_bos) == [[bos] + ids for ids in plain]
+    block = next(data.token_blocks(docs, with_bos, seq_len=4, seed=0))
+    assert block[0] == bos

@@ -121,3 +121,99 @@ def test_sgd_moves_the_key_rows_by_lr_times_the_accumulated_gradient(tiny_model)
     for name, (rows, values) in delta.items():
         assert torch.allclose(values, -0.5 * params[name].grad[rows], atol=1e-6), name
     tiny_model.zero_grad(set_to_none=True)
+
+
+def _upfront_train_rows(model, mask, batches, steps):
+    """Key-neuron training as maet did it before the lean layers: every masked weight patched up
+    front (`W.index_add(0, rows, D)` through functional_call), a full-size copy and gradient each."""
+    from torch.func import functional_call
+
+    from maet.train import frozen, optimize
+
+    weights = dict(model.named_parameters())
+    rows = {n: mask[n] for n in weights if n in mask}
+    deltas = {n: torch.zeros(len(r), weights[n].shape[1], requires_grad=True) for n, r in rows.items()}
+
+    def loss_fn(batch):
+        patched = {n: weights[n].index_add(0, rows[n], deltas[n].to(weights[n].dtype)) for n in rows}
+        return functional_call(model, patched, args=(), kwargs={"input_ids": batch, "labels": batch}).loss
+
+    with frozen(model):
+        optimize(loss_fn, list(deltas.values()), batches, steps, 1e-2, "reference", **LOOP)
+    return {n: d.detach() for n, d in deltas.items()}
+
+
+def test_lean_key_neuron_training_is_bit_identical_to_patching_weights_up_front(tiny_model):
+    mask, _ = _mask(tiny_model)
+    reference = _upfront_train_rows(tiny_model, mask, random_batches(tiny_model.config.vocab_size, 4, seed=3), 4)
+    delta, _ = _train_rows(tiny_model, mask, seed=3, steps=4)
+    assert set(extract.lean_linears(tiny_model, mask)) == set(mask)  # every masked weight took the lean path
+    for name in mask:
+        assert torch.equal(delta[name][1], reference[name]), name
+
+
+def test_lean_key_neuron_training_saves_no_copy_of_a_weight(tiny_model):
+    """Autograd keeps no full-size tensor of a masked weight's shape other than the frozen
+    parameter itself (the up-front patching kept a patched copy of every masked weight)."""
+    mask, shapes = _mask(tiny_model)
+    params = {p.data_ptr() for p in tiny_model.parameters()}  # a transposed view shares its pointer
+    weight_shapes = {tuple(s) for s in shapes.values()} | {tuple(s)[::-1] for s in shapes.values()}  # or transposed
+    copies = []
+
+    def pack(t):  # a trainable leaf (a row delta D) may happen to have a weight's shape
+        trainable_leaf = t.requires_grad and t.grad_fn is None
+        if tuple(t.shape) in weight_shapes and t.data_ptr() not in params and not trainable_leaf:
+            copies.append(tuple(t.shape))
+        return t
+
+    batches = random_batches(tiny_model.config.vocab_size, 1, batch=3, seq=8)  # 24 tokens: no activation of a weight's shape
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        extract.train_rows(tiny_model, mask, batches, 1, 1e-2, "test", **LOOP)
+    assert copies == []
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # the check sees the up-front copies
+        _upfront_train_rows(tiny_model, mask, batches, 1)
+    assert copies
+
+
+def test_masked_tensors_outside_plain_linears_are_patched_up_front(tiny_model):
+    """An embedding (tied to the LM head here) and a norm weight train through functional_call."""
+    mask = {"model.embed_tokens.weight": torch.tensor([3, 5, 7]), "model.norm.weight": torch.tensor([0, 2])}
+    assert extract.lean_linears(tiny_model, mask) == {}
+    delta, _ = _train_rows(tiny_model, mask, steps=2)
+    assert delta["model.embed_tokens.weight"][1].shape == (3, tiny_model.config.hidden_size)
+    assert delta["model.norm.weight"][1].shape == (2,)
+    assert all(v.abs().sum() > 0 for _, v in delta.values())
+
+
+def _delta_norm(delta):
+    return torch.sqrt(sum((v.double() ** 2).sum() for v in delta.values()))
+
+
+def _cosine(a, b):
+    return sum((a[n].double() * b[n].double()).sum() for n in a) / (_delta_norm(a) * _delta_norm(b))
+
+
+def test_half_precision_training_keeps_the_fp32_delta_through_master_weights(tiny_model):
+    """A bf16 model at a small lr (weights of std 0.02, lr 2e-5): with fp32 master weights its
+    delta keeps >= 95% of the fp32 run's norm, in the same direction; AdamW on the bf16 weights
+    themselves (what maet did before) loses most of it to rounding."""
+    bf16 = tiny_model.to(torch.bfloat16)
+    fp32 = type(tiny_model)(tiny_model.config)
+    fp32.load_state_dict({n: p.float() for n, p in bf16.state_dict().items()})
+    names = block_param_names(bf16)
+    batches = random_batches(bf16.config.vocab_size, 20, seed=4)
+    reference, _ = extract.train_full(fp32, names, batches, 20, 2e-5, "fp32", **LOOP)
+    master, _ = extract.train_full(bf16, names, batches, 20, 2e-5, "bf16", **LOOP)
+    plain, _ = extract.train_full(bf16, names, batches, 20, 2e-5, "bf16", fp32_master=False, **LOOP)
+    assert all(d.dtype == torch.float32 for d in master.values())
+    assert _delta_norm(master) / _delta_norm(reference) >= 0.95 and _cosine(master, reference) >= 0.95
+    assert _delta_norm(plain) / _delta_norm(reference) < 0.95  # the check can fail
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+
+
+def test_half_precision_key_neuron_training_keeps_the_fp32_delta(tiny_model):
+    mask, _ = _mask(tiny_model)
+    fp32, _ = _train_rows(tiny_model, mask, seed=6)
+    bf16, _ = _train_rows(tiny_model.to(torch.bfloat16), mask, seed=6)
+    a, b = ({n: v for n, (_, v) in d.items()} for d in (bf16, fp32))
+    assert _delta_norm(a) / _delta_norm(b) >= 0.95 and _cosine(a, b) >= 0.95

@@ -3,6 +3,7 @@ computes nothing, and the user's 2x2 multirun that computes R(A) once and R(Lj) 
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,15 @@ def test_optuna_search_tunes_on_dev_and_reports_the_best_trial_once_on_test(tmp_
     assert "Best trial on the test split" in proc.stdout and "vs language_only on the same items" in proc.stdout
     assert [r["model"] for r in final["testbed"]] == ["maet", "base", "language_only"]  # the paired references
     assert "Best trial on the test split" in (sweep / "summary.md").read_text()
+
+
+def test_launch_makes_idle_openmp_threads_sleep_unless_the_environment_says_otherwise():
+    """OMP_WAIT_POLICY must be in the environment before torch loads OpenMP (benchmarks/threads.py)."""
+    probe = ("import os, sys; import launch; "
+             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    default = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    assert default.stdout.split() == ["PASSIVE", "False"], default.stderr
+    chosen = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env=env | {"OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True)
+    assert chosen.stdout.split() == ["ACTIVE", "False"], chosen.stderr
