@@ -17,6 +17,7 @@ from pathlib import Path
 import lm_eval
 from lm_eval.tasks import _yaml_loader
 
+from maet import distributed
 from maet.cache import file_sha256, write_text_atomic
 from maet.settings import EvalSettings
 
@@ -154,6 +155,7 @@ def run_lm_eval(model, tokenizer, tasks: list[dict | str], settings: EvalSetting
     datasets.disable_progress_bars()
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+    distributed.share_evaluation(lm)  # one job on N processes: each generates for its share of the items
     return lm_eval.simple_evaluate(
         model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
         numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from maet import evaluate, transfer, world
+from maet import distributed, evaluate, transfer, world
 from maet.base import resident_base
 from maet.cache import ArtifactCache, write_text_atomic
 from maet.context import Context, Corpora, load_corpora, uses_world
@@ -67,8 +67,9 @@ def run_job(s: Settings) -> JobResult:
     """All stages of one job, for each seed; artifacts come from the cache when their key is there."""
     if s.threads:
         torch.set_num_threads(s.threads)
-    cache = ArtifactCache(s.paths.cache_dir)
-    ctx = Context(s, cache, resolve_device(s.device, _job_num()), world.generate(s.world) if uses_world(s) else None)
+    cache = distributed.cache(s.paths.cache_dir)  # one job on N processes: rank 0 publishes, the others read
+    device = distributed.setup(s.device, s.train.batch_size) or resolve_device(s.device, _job_num())
+    ctx = Context(s, cache, device, world.generate(s.world) if uses_world(s) else None)
     model, tokenizer, base_key, base = resident_base(ctx)
     corpora = load_corpora(s, ctx.world, tokenizer)
     testbed = Testbed(list(dict.fromkeys([s.method.name, *s.report.references])))
@@ -146,6 +147,9 @@ def run(cfg: DictConfig) -> float:
     s = load_settings(cfg)
     check_writable("paths.cache_dir", s.paths.cache_dir)
     check_writable("paths.output_dir", s.paths.output_dir)
+    if not distributed.is_main():  # rank k > 0 of a multi-process job: its share of the work, no outputs
+        run_job(s)
+        return float("nan")
     out = Path(s.paths.output_dir)
     tracker_settings = dataclasses.replace(s.tracker, group=s.tracker.group or _sweep_group())  # one group per sweep
     tracker = open_tracker(tracker_settings, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), str(out),

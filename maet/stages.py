@@ -185,6 +185,8 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
     def compute():
         model.eval()
         results = evaluate.run_lm_eval(model, tokenizer, eval_tasks(ctx, corpora), s.eval)
+        if results is None:  # rank k > 0 of a data-parallel evaluation: rank 0 scores and publishes
+            return None
         metrics, predictions = evaluate.summarize(results, s.eval)
         ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
                        write_extra=lambda tmp: evaluate.write_jsonl(predictions, tmp / "predictions.jsonl"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from maet import distributed
 from maet.progress import progress
 
 
@@ -41,12 +42,14 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start = TrainStats(), time.perf_counter()
+    distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
     with progress(desc=desc, unit="tok", unit_scale=True) as bar:
         for batch in batches:
             if bar.total is None:
                 bar.total = steps * batch.numel()
-            loss = loss_fn(batch)
+            loss = loss_fn(distributed.local_batch(batch))  # [batch / N, seq] on N processes
             loss.backward()
+            distributed.average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             schedule.step()
