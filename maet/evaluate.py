@@ -17,7 +17,7 @@ from pathlib import Path
 import lm_eval
 from lm_eval.tasks import _yaml_loader
 
-from maet import distributed
+from maet import backends
 from maet.cache import file_sha256, write_text_atomic
 from maet.settings import EvalSettings
 
@@ -148,19 +148,18 @@ def _task_manager(builtin: bool):
 
 
 def run_lm_eval(model, tokenizer, tasks: list[dict | str], settings: EvalSettings) -> dict:
-    """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`)."""
+    """lm-eval's `simple_evaluate` over the in-memory model (`eval.backend`: `maet.backends`); None
+    on the ranks > 0 of a data-parallel evaluation (rank 0 gets the results)."""
     import datasets
-    from lm_eval.models.huggingface import HFLM
 
     datasets.disable_progress_bars()
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-    distributed.share_evaluation(lm)  # one job on N processes: each generates for its share of the items
-    return lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
-        numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
-        bootstrap_iters=0, task_manager=_task_manager(any(isinstance(t, str) for t in tasks)),
-    )
+    with backends.language_model(model, tokenizer, settings) as lm:  # eval.backend: hf | vllm
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
+            numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
+            bootstrap_iters=0, task_manager=_task_manager(any(isinstance(t, str) for t in tasks)),
+        )
 
 
 def summarize(results: dict, settings: EvalSettings) -> tuple[dict, list[dict]]:

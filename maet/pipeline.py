@@ -158,6 +158,11 @@ def run(cfg: DictConfig) -> float:
         result = run_job(s)
         summary = job_summary(s, result)
         images = write_outputs(summary, result, out)
+        if s.save.model:  # the method's merged model (first seed) as a Hugging Face checkpoint
+            from maet import export
+
+            export.save_model(s, ArtifactCache(s.paths.cache_dir), {n: r.key for n, r in result.stages.items() if r.key},
+                              result.kept, result.per_seed[0])
         track(tracker, s, summary, result, images)
     except BaseException:
         tracker.finish(exit_code=1)
