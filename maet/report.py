@@ -236,19 +236,18 @@ def tracked(config) -> dict | None:
 
 def best_on_test(config, sweep: Path) -> Path | None:
     """After an Optuna sweep: run the best trial's overrides once on the test split (one job in
-    `<sweep>/best_on_test`); returns its run dir."""
+    `<sweep>/best_on_test`, through the sweep's launcher); returns its run dir."""
     results = sweep / "optimization_results.yaml"
     if not results.is_file():
         return None
     best = (yaml.safe_load(results.read_text()) or {}).get("best_params") or {}
-    task = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in best]
     run_dir = sweep / "best_on_test"
     from maet.config import PROJECT_ROOT
+    from maet.optuna_search import best_trial_command
 
-    args = [*task, *(f"{k}={v}" for k, v in best.items()), "eval.split=test", "report.references=[base,language_only]",
-            f"hydra.run.dir={run_dir}"]
-    print(f"\nOptuna best (dev split): {best}; evaluating it once on the test split:\n  launch.py {' '.join(args)}")
-    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], text=True)
+    command = best_trial_command(config, best, run_dir, PROJECT_ROOT / "launch.py")  # through the sweep's launcher
+    print(f"\nOptuna best (dev split): {best}; evaluating it once on the test split:\n  {' '.join(command[1:])}")
+    proc = subprocess.run(command, text=True)
     if proc.returncode != 0:
         warnings.warn(f"the test run of the best trial failed (exit code {proc.returncode}); see {run_dir}")
         return run_dir
