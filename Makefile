@@ -38,6 +38,10 @@ test: install
 test-distributed: install
 	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -rs -m distributed tests/test_distributed.py $(ARGS)
 
+# The world job on one GPU in fp32 and bf16, compared (a few minutes); fails at once without a GPU.
+gpu-check: install
+	$(OFFLINE) $(PY) -m benchmarks.gpu_check $(ARGS)
+
 # Re-runs what README.md, sweeps/README.md and benchmarks/README.md show and rewrites those tables
 # in place (ONLY=name,name for some; LIST=1 to list them).
 results: install

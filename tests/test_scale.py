@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -100,3 +101,19 @@ def test_mgsm_answer_lengths():
     assert langs["en"]["ratio_to_en"] == 1.0 and langs["te"]["ratio_to_en"] > 2  # Telugu script: 3 bytes a letter
     for r in langs.values():
         assert r["exemplar_mean"] <= r["exemplar_max"] and r["test_p95"] <= r["test_max"]
+
+
+def test_gpu_check_fails_clearly_without_a_gpu(monkeypatch, capsys):
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 2
+    assert "FAILED: no CUDA device" in capsys.readouterr().out
+
+
+def test_gpu_check_compares_deltas_by_norm():
+    from benchmarks import gpu_check
+
+    fp32 = {"w": torch.tensor([[3.0, 4.0]]), "rows:w": torch.tensor([0])}
+    half = {"w": torch.tensor([[1.5, 2.0]]), "rows:w": torch.tensor([0])}
+    assert gpu_check.compare(fp32, half) == {"norm_ratio": 0.5, "relative_difference": 0.5}
