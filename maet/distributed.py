@@ -6,7 +6,10 @@ step splits the global batch `[train.batch_size, seq]` into N contiguous shares
 `[batch_size / N, seq]`, and the gradients of the trained tensors (whole weights, or MAET's row
 deltas) are averaged over the processes before clipping and the AdamW step, so every process
 makes the same update and the job trains on the same global batches as a single process. The
-trained tensors are broadcast from rank 0 once at the start of each stage (as DDP does).
+trained tensors are broadcast from rank 0 once at the start of each stage (as DDP does), and
+AdamW's state is sharded across the processes (ZeRO stage 1): weights and gradients are
+replicated, the two moments are not. Not sharded: weights (no FSDP; an accelerate config that
+asks for FSDP or DeepSpeed is refused with a message rather than silently ignored).
 
 Rank 0 is the only writer: it decides whether a cache entry is there, holds its lock and
 publishes it; the other ranks compute with it (training is collective) and then read what rank 0
@@ -112,6 +115,17 @@ def local_batch(batch: torch.Tensor) -> torch.Tensor:
     """This process's contiguous share `[batch / N, seq]` of a global batch `[batch, seq]`."""
     n = world_size()
     return batch if n == 1 else batch.chunk(n)[rank()]
+
+
+def adamw(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; on N processes with its state sharded (ZeRO stage 1, torch's ZeroRedundancyOptimizer):
+    each process keeps the two moments of ~1/N of the trained entries, steps them, and broadcasts
+    the new values, so the optimizer state per GPU shrinks N-fold and every process ends equal."""
+    if not active():
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
 
 
 @torch.no_grad()

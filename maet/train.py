@@ -31,15 +31,16 @@ class TrainStats:
 
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in the optimizer's state."""
-    return sum(t.nbytes for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
+    """Bytes of every tensor in the optimizer's state (this process's shard on N processes)."""
+    local = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps its shard's state in .optim
+    return sum(t.nbytes for state in local.state.values() for t in state.values() if torch.is_tensor(t))
 
 
 def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
              batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str, *,
              warmup_ratio: float, weight_decay: float, grad_clip: float) -> TrainStats:
     """AdamW with linear warmup and cosine decay over `steps` batches of `[batch, seq]` ids."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = distributed.adamw(params, lr=lr, weight_decay=weight_decay)  # state sharded on N processes
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start = TrainStats(), time.perf_counter()
     distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere

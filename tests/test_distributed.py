@@ -77,7 +77,7 @@ def _relative_errors(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor])
 def test_two_processes_match_one(tmp_path):
     """The same reduced world job on 1 process and under torchrun on 2 (gloo, one thread each):
     the same cache keys, the same mask, R(A) and R(Lj) within TOLERANCE, the same token counts,
-    metrics.json from rank 0 only. Both start from the same θ0 (the base built by the first run),
+    AdamW's state halved on rank 0, the same cache entries published. Both start from the same θ0 (the base built by the first run),
     so that the comparison is of the training stages and not of two pre-trainings."""
     _launch([sys.executable], tmp_path / "one", tmp_path / "run_one", tmp_path)
     shutil.copytree(tmp_path / "one" / "base", tmp_path / "two" / "base")
@@ -96,6 +96,8 @@ def test_two_processes_match_one(tmp_path):
         print(f"{stage}: worst relative error over {len(errors)} tensors {worst:.2e}")
         assert worst <= TOLERANCE, (stage, worst)
     assert one["metrics"].keys() == two["metrics"].keys()
+    for stage in ("ability", "language"):  # AdamW's state sharded over the 2 processes (ZeRO-1): rank 0 holds ~half
+        assert 0 < two["stages"][stage]["optimizer_mib"] < 0.75 * one["stages"][stage]["optimizer_mib"], stage
     for name in [k for k in one["metrics"] if k.endswith("/n")]:
         assert two["metrics"][name] == one["metrics"][name]  # data-parallel evaluation covers every item once
     bits = "heldout_sw/bits_per_byte"
