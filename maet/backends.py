@@ -2,7 +2,7 @@
 model (data-parallel when the job runs on N processes, `maet.distributed`); or `vllm`, lm-eval's
 vLLM model over the same weights saved to a temporary folder (vLLM loads checkpoints, not
 modules). vLLM is an optional extra (`pip install -e '.[vllm]'`, CUDA only); its own tensor /
-data parallelism come from `eval.vllm` (e.g. `{tensor_parallel_size: 2, data_parallel_size: 4}`).
+data parallelism come from `eval.vllm` (e.g. `+eval.vllm.tensor_parallel_size=2`).
 """
 
 from __future__ import annotations
