@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_
 # Data from an explicit folder (DATA_FROM=...), else ../shared/data when present, else the hub.
 FETCH := $(PY) -m maet.fetch_data $(if $(DATA_FROM),--from $(DATA_FROM))
 
-.PHONY: install data run test results clean
+.PHONY: install data run test test-distributed gpu-check results clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,15 @@ run: install
 test: install
 	@$(OFFLINE) $(FETCH) --optional --local-only
 	$(OFFLINE) $(PY) -m pytest -q -rs $(ARGS)
+
+# One reduced world job on 2 CPU processes (torchrun, gloo, one thread each) against the same job
+# on one process: the deltas must match within tests/test_distributed.py's TOLERANCE (~2 min).
+test-distributed: install
+	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -rs -m distributed tests/test_distributed.py $(ARGS)
+
+# The world job on one GPU in fp32 and bf16, compared (a few minutes); fails at once without a GPU.
+gpu-check: install
+	$(OFFLINE) $(PY) -m benchmarks.gpu_check $(ARGS)
 
 # Re-runs what README.md, sweeps/README.md and benchmarks/README.md show and rewrites those tables
 # in place (ONLY=name,name for some; LIST=1 to list them).

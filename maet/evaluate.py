@@ -20,6 +20,7 @@ from pathlib import Path
 import lm_eval
 import yaml
 
+from maet import backends
 from maet.cache import file_sha256, write_text_atomic
 from maet.settings import EvalSettings
 
@@ -161,22 +162,22 @@ def _task_manager(builtin: bool, include_path: str | None = None):
 
 
 def run_lm_eval(model, tokenizer, tasks: list[dict | str], settings: EvalSettings,
-                include_path: Path | None = None) -> dict:
-    """lm-eval's `simple_evaluate` over the in-memory model (`HFLM(pretrained=model)`); task names
-    are lm-eval's or those of our task folder `include_path`, dicts are configs."""
+                include_path: Path | None = None) -> dict | None:
+    """lm-eval's `simple_evaluate` over the in-memory model (`eval.backend`: `maet.backends`); task
+    names are lm-eval's or those of our task folder `include_path`, dicts are configs. None on the
+    ranks > 0 of a data-parallel evaluation (rank 0 gets the results)."""
     import datasets
-    from lm_eval.models.huggingface import HFLM
 
     datasets.disable_progress_bars()
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-    return lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
-        numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
-        bootstrap_iters=0,
-        task_manager=_task_manager(include_path is None and any(isinstance(t, str) for t in tasks),
-                                   str(include_path) if include_path else None),
-    )
+    with backends.language_model(model, tokenizer, settings) as lm:  # eval.backend: hf | vllm
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, limit=settings.limit, log_samples=True, random_seed=settings.seed,
+            numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
+            bootstrap_iters=0,
+            task_manager=_task_manager(include_path is None and any(isinstance(t, str) for t in tasks),
+                                       str(include_path) if include_path else None),
+        )
 
 
 def summarize(results: dict, settings: EvalSettings) -> tuple[dict, list[dict]]:

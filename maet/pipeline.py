@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from maet import console, dashboard, data, evaluate, regime, transfer, world
+from maet import console, dashboard, data, distributed, evaluate, regime, transfer, world
 from maet.base import resident_base
 from maet.cache import ArtifactCache, write_text_atomic
 from maet.context import Context, Corpora, load_corpora, uses_world
@@ -69,8 +69,9 @@ def run_job(s: Settings) -> JobResult:
     """All stages of one job, for each seed; artifacts come from the cache when their key is there."""
     if s.threads:
         torch.set_num_threads(s.threads)
-    cache = ArtifactCache(s.paths.cache_dir)
-    ctx = Context(s, cache, resolve_device(s.device, _job_num()), world.generate(s.world) if uses_world(s) else None)
+    cache = distributed.cache(s.paths.cache_dir)  # one job on N processes: rank 0 publishes, the others read
+    device = distributed.setup(s.device, s.train.batch_size) or resolve_device(s.device, _job_num())
+    ctx = Context(s, cache, device, world.generate(s.world) if uses_world(s) else None)
     model, tokenizer, base_key, base = resident_base(ctx)
     corpora = load_corpora(s, ctx.world, tokenizer)
     testbed = Testbed(list(dict.fromkeys([s.method.name, *s.report.references])))
@@ -181,6 +182,9 @@ def run(cfg: DictConfig) -> float:
     s = load_settings(cfg)
     check_writable("paths.cache_dir", s.paths.cache_dir)
     check_writable("paths.output_dir", s.paths.output_dir)
+    if not distributed.is_main():  # rank k > 0 of a multi-process job: its share of the work, no outputs
+        run_job(s)
+        return float("nan")
     out = Path(s.paths.output_dir)
     choices, overrides = dashboard.hydra_view()
     who = dashboard.identity(s, choices, overrides)
@@ -194,6 +198,11 @@ def run(cfg: DictConfig) -> float:
             result = run_job(s)
         summary = job_summary(s, result)
         images = write_outputs(summary, result, out)
+        if s.save.model:  # the method's merged model (first seed) as a Hugging Face checkpoint
+            from maet import export
+
+            export.save_model(s, ArtifactCache(s.paths.cache_dir), {n: r.key for n, r in result.stages.items() if r.key},
+                              result.kept, result.per_seed[0])
         track(tracker, s, summary, result, images, out)
     except BaseException:
         tracker.finish(exit_code=1)

@@ -30,7 +30,7 @@ from tabulate import tabulate
 
 from maet import plots
 from maet.stats import interval_text, mean_interval, percent
-from maet.summary import method_row, source_cell
+from maet.summary import TEST_REFERENCES, method_row, source_cell
 from maet.tracking import init_wandb
 
 COLUMNS = ["job", "lang", "method", "alpha", "seed", "setting", "split", "seeds", "accuracy", "low", "high",
@@ -239,25 +239,34 @@ def tracked(config) -> dict | None:
 
 def best_on_test(config, sweep: Path) -> Path | None:
     """After an Optuna sweep: run the best trial's overrides once on the test split (one job in
-    `<sweep>/best_on_test`); returns its run dir."""
+    `<sweep>/best_on_test`, through the sweep's launcher); returns its run dir."""
     results = sweep / "optimization_results.yaml"
     if not results.is_file():
         return None
     best = (yaml.safe_load(results.read_text()) or {}).get("best_params") or {}
-    task = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in best]
+    from maet.config import PROJECT_ROOT
+    from maet.optuna_search import best_trial_command
+
+    command = best_trial_command(config, best, sweep / "best_on_test", PROJECT_ROOT / "launch.py")  # the sweep's launcher
     print(f"\nOptuna best (dev split): {best}; evaluating it once on the test split:")
-    return test_run(sweep, [*task, *(f"{k}={v}" for k, v in best.items())], str(best))
+    return test_run(sweep, command, str(best))
 
 
-def test_run(sweep: Path, overrides: list[str], label: str) -> Path:
-    """Run `overrides` once on the test split with base and language_only beside it (one job in
-    `<sweep>/best_on_test`), print its line and append it to summary.md; returns its run dir."""
-    run_dir = sweep / "best_on_test"
+def test_command(overrides: list[str], run_dir: Path) -> list[str]:
+    """`python launch.py <overrides>` once on the test split into `run_dir`, with the reference
+    models of the paired differences beside it."""
     from maet.config import PROJECT_ROOT
 
-    args = [*overrides, "eval.split=test", "report.references=[base,language_only]", f"hydra.run.dir={run_dir}"]
-    print(f"  launch.py {' '.join(args)}")
-    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], text=True)
+    return [sys.executable, str(PROJECT_ROOT / "launch.py"), *overrides, "eval.split=test",
+            f"report.references=[{','.join(TEST_REFERENCES)}]", f"hydra.run.dir={run_dir}"]
+
+
+def test_run(sweep: Path, command: list[str], label: str) -> Path:
+    """Run `command` (one job into `<sweep>/best_on_test` on the test split), print its line and
+    append it to summary.md; returns its run dir."""
+    run_dir = sweep / "best_on_test"
+    print(f"  {' '.join(command[1:])}")
+    proc = subprocess.run(command, text=True)
     if proc.returncode != 0:
         warnings.warn(f"the test run of the best trial failed (exit code {proc.returncode}); see {run_dir}")
         return run_dir
@@ -338,7 +347,7 @@ def main(argv: list[str]) -> int:
     if args.best_on_test:
         job, overrides = best_dev_job(args.sweep_dir)
         print(f"\nBest on dev: job {job}; evaluating it once on the test split:")
-        test_run(args.sweep_dir, overrides, f"job {job}")
+        test_run(args.sweep_dir, test_command(overrides, args.sweep_dir / "best_on_test"), f"job {job}")
     return 0
 
 

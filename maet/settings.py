@@ -44,6 +44,7 @@ LanguageTrain = choices("LanguageTrain", "full", "key_neurons")
 LanguageParams = choices("LanguageParams", "blocks", "linear", "all")
 Benchmark = choices("Benchmark", "mgsm", "arith", "task")
 EvalSource = choices("EvalSource", "local", "hub")
+EvalBackend = choices("EvalBackend", "hf", "vllm")
 Split = choices("Split", "test", "dev")
 TrackerName = choices("TrackerName", "wandb", "none")
 WandbMode = choices("WandbMode", "offline", "online", "disabled")
@@ -220,13 +221,24 @@ class EvalSettings:
     langs: list[str] = field(default_factory=list)
     num_fewshot: int = 8
     limit: Optional[int] = 16
-    batch_size: int = 8
+    batch_size: Any = 8  # an integer > 0, or auto / auto:N (lm-eval finds the largest batch that fits)
     max_gen_toks: Optional[int] = 64
     filter: str = "flexible-extract"  # an lm-eval filter name (benchmark=task: the task's own, e.g. none)
     heldout: bool = True
     seed: int = 1234
     split: Split = Split.test     # test | dev (dev: eval.dev_size items set aside for tuning, never in test)
     dev_size: int = 0
+    backend: EvalBackend = EvalBackend.hf  # hf: the in-memory model | vllm: lm-eval's vLLM over a saved checkpoint
+    vllm: dict[str, Any] = field(default_factory=dict)  # extra model_args of lm-eval's vllm model
+
+
+@dataclass
+class SaveSettings:
+    model: bool = False   # write the method's merged model (first seed) as a Hugging Face checkpoint
+    dir: str = "???"
+    dtype: Dtype = Dtype.auto  # auto: θ0's dtype
+    push_to_hub: Optional[str] = None  # a hub repo id: upload the checkpoint there (needs a token)
+    private: bool = True
 
 
 @dataclass
@@ -270,6 +282,7 @@ class Settings:
     method: MethodSettings = field(default_factory=MethodSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    save: SaveSettings = field(default_factory=SaveSettings)
     paths: PathSettings = field(default_factory=PathSettings)
 
 

@@ -198,6 +198,8 @@ def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: 
         with console.muted():  # lm-eval's bars and warnings: into <run dir>/console.log when report.quiet
             tasks, task_dir = eval_tasks(ctx, corpora)
             results = evaluate.run_lm_eval(model, tokenizer, tasks, s.eval, include_path=task_dir)
+        if results is None:  # rank k > 0 of a data-parallel evaluation: rank 0 scores and publishes
+            return None
         metrics, predictions = evaluate.summarize(results, s.eval)
         ctx.cache.save("evaluate", key, {"stage": "evaluate", "config": config, "metrics": metrics},
                        write_extra=lambda tmp: evaluate.write_jsonl(predictions, tmp / "predictions.jsonl"))

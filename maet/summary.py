@@ -50,6 +50,7 @@ def headline(s: Settings) -> str:
     return metric_name(s.eval.benchmark, s.lang.code)
 
 
+TEST_REFERENCES = ("base", "language_only", "language_beta")  # beside the one test run of a tuned setting
 PAIRED_WITH = ("base", "language_only", "language_beta")  # language_beta: θ0 + merge.beta·R(Lj), when a reference
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from maet import distributed
 from maet.progress import progress
 
 
@@ -43,16 +44,17 @@ def joined_curves(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:
 
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in the optimizer's state."""
-    return sum(t.nbytes for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))
+    """Bytes of every tensor in the optimizer's state (this process's shard on N processes)."""
+    local = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps its shard's state in .optim
+    return sum(t.nbytes for state in local.state.values() for t in state.values() if torch.is_tensor(t))
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """adamw: AdamW; sgd: plain SGD (no momentum), under which a parameter's change is lr times its
     accumulated (clipped, scheduled) gradient — the quantity the locate score sums."""
-    if name == "sgd":
+    if name == "sgd":  # no state to shard
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return distributed.adamw(params, lr=lr, weight_decay=weight_decay)  # state sharded on N processes
 
 
 def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
@@ -69,12 +71,14 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
     optimizer = make_optimizer(optimizer, trained, lr, weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start, curve = TrainStats(), time.perf_counter(), []
+    distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
     with progress(desc=desc, unit="tok", unit_scale=True) as bar:
         for batch in batches:
             if bar.total is None:
                 bar.total = steps * batch.numel()
-            loss = loss_fn(batch)
+            loss = loss_fn(distributed.local_batch(batch))  # [batch / N, seq] on N processes
             loss.backward()
+            distributed.average_gradients(params)
             if masters is not None:
                 grads_to_masters(params, masters)
             torch.nn.utils.clip_grad_norm_(trained, grad_clip)

@@ -393,7 +393,6 @@ def _evaluation(s: Settings) -> None:
     ev = s.eval
     _check("eval.num_fewshot", ev.num_fewshot, ev.num_fewshot >= 0, "an integer >= 0")
     _check("eval.limit", ev.limit, ev.limit is None or ev.limit >= 1, "null (all items) or an integer >= 1")
-    _positive_int("eval.batch_size", ev.batch_size)
     _check("eval.max_gen_toks", ev.max_gen_toks, ev.max_gen_toks is None or ev.max_gen_toks >= 1,
            "null (the task's default) or an integer >= 1")
     _check("eval.langs", ev.langs, s.lang.code in ev.langs, f"a list that contains lang.code={s.lang.code!r}")
@@ -424,6 +423,23 @@ def _evaluation(s: Settings) -> None:
                f"({', '.join(sorted(p.stem[5:] for p in mgsm_dir.glob('mgsm_*.tsv')))})")
 
 
+def _scale(s: Settings) -> None:
+    """eval.batch_size / eval.backend and save.*: the keys of runs at scale."""
+    from maet import backends, export
+
+    bs = s.eval.batch_size
+    _check("eval.batch_size", bs, (type(bs) is int and bs > 0) or backends.AUTO_BATCH.fullmatch(str(bs)) is not None,
+           "an integer > 0, auto or auto:N")
+    backends.check_vllm(s.eval)
+    if s.save.model:
+        _check("save.model", True, s.method.name in export.LINEAR, f"false with method={s.method.name}: the "
+               f"out-of-core merge writes the linear merges ({', '.join(export.LINEAR)})")
+        _check("save.model", True, not s.model.gguf_file, "false with a GGUF base (the merge reads safetensors)")
+        _check("save.model", True, s.transfer.granularity == "tensor", "false with transfer.granularity=row")
+    _check("save.push_to_hub", s.save.push_to_hub, s.save.push_to_hub is None or
+           re.fullmatch(r"[\w.-]+/[\w.-]+", s.save.push_to_hub) is not None, "null or a hub repo id user/name")
+
+
 def validate(s: Settings) -> None:
     """Range, cross-field and filesystem checks; raises ConfigError naming the first bad key."""
     _languages(s)
@@ -431,3 +447,4 @@ def validate(s: Settings) -> None:
     _training(s)
     _merging(s)
     _evaluation(s)
+    _scale(s)

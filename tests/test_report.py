@@ -207,11 +207,12 @@ def test_every_hydra_sweep_preset_composes_to_valid_jobs(preset):
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"+sweep={preset}"], return_hydra_config=True)
     params = dict(cfg.hydra.sweeper.params)
-    assert "lang" in params or preset == "optuna"
+    searched = preset == "optuna" or preset.startswith("tune_")  # Optuna: interval(a, b) / choice(x, y)
+    assert "lang" in params or searched
     load(f"+sweep={preset}")  # the preset's own keys validate
-    if preset != "optuna":  # the first and last point of every swept key validate
-        for pick in (0, -1):
-            load(f"+sweep={preset}", *(f"{k}={str(v).split(',')[pick]}" for k, v in params.items()))
+    for pick in (0, -1):  # the first and last point of every swept key validate
+        values = {k: str(v).split("(", 1)[1].rstrip(")") if searched else str(v) for k, v in params.items()}
+        load(f"+sweep={preset}", *(f"{k}={v.split(',')[pick].strip()}" for k, v in values.items()))
 
 
 @pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)

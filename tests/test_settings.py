@@ -168,8 +168,8 @@ def test_a_target_language_equal_to_the_source_is_rejected():
 
 
 def test_each_config_group_sets_only_the_keys_under_its_own_name():
-    """Only the presets (experiment, +ablation, +sweep) write elsewhere (`@package _global_`)."""
-    presets = {"experiment", "ablation", "sweep", "hydra"}
+    """Only the presets (experiment, +ablation, +sweep, the site's local) write elsewhere (`@package _global_`)."""
+    presets = {"experiment", "ablation", "sweep", "hydra", "local"}
     groups = [d for d in (PROJECT_ROOT / "conf").iterdir() if d.is_dir() and d.name not in presets]
     assert {"extract", "language", "transfer", "merge"} <= {d.name for d in groups}
     for folder in groups:

@@ -1,0 +1,108 @@
+"""One job on N processes (`maet.distributed`): the single-process no-ops, the launch checks, and
+(`make test-distributed`, marker `distributed`) a reduced world job under torchrun on 2 CPU
+processes (gloo) whose deltas match the single-process run's."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from maet import distributed
+from maet.cache import ArtifactCache
+from maet.config import PROJECT_ROOT
+from test_launch import SMALL
+
+# Relative Frobenius error allowed between a delta trained on 2 processes and on one: the two
+# differ only in float rounding (the mean of two half-batch gradients vs the full-batch gradient;
+# measured ~1e-6 after 16 AdamW steps), so 1e-4 leaves room without hiding a wrong split.
+TOLERANCE = 1e-4
+
+
+def test_single_process_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    batch = torch.arange(12).reshape(4, 3)
+    assert distributed.local_batch(batch) is batch
+    assert type(distributed.cache("/tmp/x")) is ArtifactCache
+    assert distributed.is_main() and not distributed.active() and distributed.setup("cpu", 3) is None
+    assert distributed.share({"a": 1}) == {"a": 1}
+
+
+def test_local_batch_is_a_contiguous_share(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    batch = torch.arange(12).reshape(4, 3)
+    monkeypatch.setenv("RANK", "1")
+    assert torch.equal(distributed.local_batch(batch), batch[2:])
+    monkeypatch.setenv("RANK", "0")
+    assert torch.equal(distributed.local_batch(batch), batch[:2])
+
+
+def test_launch_checks_name_the_key(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert "train.batch_size=6" in distributed.check_launch(6) and "multiple of the 4" in distributed.check_launch(6)
+    assert distributed.check_launch(8) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert "data-parallel only" in distributed.check_launch(8)
+
+
+# ----------------------------------------------------------------------------- make test-distributed
+BUDGETS = [*SMALL, "extract.tokens=2048", "language.tokens=1024", "report.seeds=1", "report.references=[]",
+           "tracker=none", "threads=1"]
+
+
+def _launch(prefix: list[str], cache, run_dir, cwd) -> str:
+    proc = subprocess.run([*prefix, str(PROJECT_ROOT / "launch.py"), *BUDGETS, f"paths.cache_dir={cache}",
+                           f"hydra.run.dir={run_dir}"], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def _relative_errors(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> dict[str, float]:
+    assert one.keys() == two.keys()
+    errors = {}
+    for name, a in one.items():
+        b = two[name]
+        if not a.is_floating_point():
+            assert torch.equal(a, b), f"{name}: the rows differ"
+            continue
+        errors[name] = float((a.double() - b.double()).norm() / a.double().norm().clamp_min(1e-30))
+    return errors
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one(tmp_path):
+    """The same reduced world job on 1 process and under torchrun on 2 (gloo, one thread each):
+    the same cache keys, the same mask, R(A) and R(Lj) within TOLERANCE, the same token counts,
+    AdamW's state halved on rank 0, the same cache entries published. Both start from the same θ0 (the base built by the first run),
+    so that the comparison is of the training stages and not of two pre-trainings."""
+    _launch([sys.executable], tmp_path / "one", tmp_path / "run_one", tmp_path)
+    shutil.copytree(tmp_path / "one" / "base", tmp_path / "two" / "base")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    log = _launch(torchrun, tmp_path / "two", tmp_path / "run_two", tmp_path)
+    assert "process 0 of 2" in log and "process 1 of 2" in log
+
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("run_one", "run_two"))
+    for stage in ("locate", "ability", "language"):
+        key = one["stages"][stage]["key"]
+        assert two["stages"][stage]["key"] == key and two["stages"][stage]["cached"] is False
+        assert two["stages"][stage]["train_tokens"] == one["stages"][stage]["train_tokens"] > 0
+        errors = _relative_errors(load_file(tmp_path / "one" / stage / key / "tensors.safetensors"),
+                                  load_file(tmp_path / "two" / stage / key / "tensors.safetensors"))
+        worst = max(errors.values(), default=0.0)  # the mask: rows only, compared exactly
+        print(f"{stage}: worst relative error over {len(errors)} tensors {worst:.2e}")
+        assert worst <= TOLERANCE, (stage, worst)
+    assert one["metrics"].keys() == two["metrics"].keys()
+    for stage in ("ability", "language"):  # AdamW's state sharded over the 2 processes (ZeRO-1): rank 0 holds ~half
+        assert 0 < two["stages"][stage]["optimizer_mib"] < 0.75 * one["stages"][stage]["optimizer_mib"], stage
+    for name in [k for k in one["metrics"] if k.endswith("/n")]:
+        assert two["metrics"][name] == one["metrics"][name]  # data-parallel evaluation covers every item once
+    bits = "heldout_sw/bits_per_byte"
+    assert two["metrics"][bits] == pytest.approx(one["metrics"][bits], rel=1e-4)
+    entries = [sorted(p.relative_to(tmp_path / run).as_posix() for p in (tmp_path / run).glob("*/*/meta.json"))
+               for run in ("one", "two")]
+    assert entries[0] == entries[1], "the two runs published different cache entries"
+    assert not list((tmp_path / "two").glob("*/.tmp-*")), "a temporary entry was left behind"

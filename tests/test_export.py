@@ -1,0 +1,119 @@
+"""save.model=true (`maet.export`): the merged model as a Hugging Face checkpoint with a model card,
+equal to the evaluated model; push_to_hub through a stand-in for the hub; eval.backend (`maet.backends`)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import load
+from maet import backends, export
+from maet.config import PROJECT_ROOT
+from maet.methods import METHODS, Deltas
+from maet.settings import ConfigError, EvalSettings
+from maet.types import unpack_rows
+from test_launch import LEAN, SMALL
+
+
+@pytest.mark.slow
+def test_saved_model_is_the_evaluated_model(tmp_path):
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    args = [*SMALL, *LEAN, "tracker=none", "save.model=true", "merge.alpha=0.5", "merge.beta=0.75",
+            f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((run / "metrics.json").read_text())
+    folder = run / "model"
+    saved = AutoModelForCausalLM.from_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder)("12 apples")["input_ids"]
+
+    # the evaluated model, rebuilt in memory as the job built it: θ0 from the cache, the method on the deltas
+    stages = summary["stages"]
+    base = AutoModelForCausalLM.from_pretrained(cache / "base" / stages["base"]["key"] / "model")
+    theta0 = {n: p.detach() for n, p in base.named_parameters() if ".layers." in n}
+    language = load_file(cache / "language" / stages["language"]["key"] / "tensors.safetensors")
+    ability = unpack_rows(load_file(cache / "ability" / stages["ability"]["key"] / "tensors.safetensors"))
+    record = json.loads((folder / "maet_merge.json").read_text())
+    kept = record["kept"]
+    assert 0 < len(kept) < len(ability)  # the test covers tensors transferred and left out
+    merged = METHODS["maet"](Deltas(theta0, language, ability, kept), {"alpha": 0.5, "beta": 0.75})
+    expected = {n: merged.get(n, p.detach()) for n, p in base.named_parameters()}
+    got = dict(saved.named_parameters())
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+    assert any(not torch.equal(got[n], theta0[n]) for n in theta0)
+
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "θ0 + β·R(Lj) + α·(M_T ⊙ R(A))" in card
+    assert "| `merge.alpha` | 0.5 |" in card and stages["ability"]["key"] in card and stages["language"]["key"] in card
+    headline = summary["headline"]
+    assert record["metrics"][headline] == summary["metrics"][headline] and f"| {headline} |" in card
+    assert record["artifacts"] == {s: stages[s]["key"] for s in ("base", "language", "ability")}
+
+
+def test_push_uploads_the_folder(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload", repo_id, folder_path))
+            return f"https://hub.example/{repo_id}/commit/1"
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = export.push(tmp_path, "someone/maet-sw", private=True)
+    assert calls == [("create", "someone/maet-sw", True, True), ("upload", "someone/maet-sw", str(tmp_path))]
+    assert url.endswith("/commit/1")
+
+
+def test_every_linear_method_has_a_formula_and_exists():
+    assert set(export.LINEAR) == set(export.FORMULA) and set(export.LINEAR) <= set(METHODS)
+    for method, specs in export.LINEAR.items():
+        assert {stage for stage, _, _ in specs} == set(METHODS[method].needs)
+
+
+def test_vllm_model_args_and_checks(monkeypatch):
+    settings = EvalSettings(batch_size="auto", seed=7, backend="vllm", vllm={"tensor_parallel_size": 2})
+    args = backends.vllm_model_args("/ckpt", settings, torch.bfloat16)
+    assert args == {"pretrained": "/ckpt", "tokenizer": "/ckpt", "dtype": "bfloat16", "batch_size": "auto",
+                    "seed": 7, "tensor_parallel_size": 2}
+    monkeypatch.setattr(backends, "vllm_installed", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        backends.check_vllm(settings)
+    assert info.value.key == "eval.backend" and "pip install -e '.[vllm]'" in info.value.allowed
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
+    backends.check_vllm(settings)
+    with pytest.raises(ConfigError) as info:
+        backends.check_vllm(EvalSettings(backend="vllm", vllm={"dtype": "float16"}))
+    assert info.value.key == "eval.vllm.dtype"
+    backends.check_vllm(EvalSettings(backend="hf", vllm={"dtype": "x"}))  # ignored unless backend=vllm
+
+
+@pytest.mark.parametrize("override,ok", [("eval.batch_size=8", True), ("eval.batch_size=auto", True),
+                                         ("eval.batch_size=auto:4", True), ("eval.batch_size=0", False),
+                                         ("eval.batch_size=big", False), ("eval.batch_size=auto:0", False),
+                                         ("eval.batch_size=true", False)])
+def test_eval_batch_size_accepts_auto(override, ok):
+    if ok:
+        assert str(load(override).eval.batch_size) == override.split("=")[1]
+        return
+    with pytest.raises(ConfigError) as info:
+        load(override)
+    assert info.value.key == "eval.batch_size" and "auto:N" in info.value.allowed
+
+
+def test_save_model_needs_a_linear_method():
+    assert load("save.model=true").save.model is True
+    with pytest.raises(ConfigError) as info:
+        load("save.model=true", "method=ties")
+    assert info.value.key == "save.model" and "maet" in info.value.allowed
