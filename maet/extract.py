@@ -75,8 +75,9 @@ class PatchedRowsLinear(torch.autograd.Function):
             with rows_patched(weight, rows, delta):
                 grad_x = grad2d.mm(weight).view(x.shape)
         key = (tuple(weight.shape), grad.dtype, grad.device)
-        buffer = ctx.buffers.setdefault(key, torch.empty(weight.shape, dtype=grad.dtype, device=grad.device))
-        grad_weight = torch.mm(grad2d.t(), x.reshape(-1, x.shape[-1]), out=buffer)
+        if key not in ctx.buffers:
+            ctx.buffers[key] = torch.empty(weight.shape, dtype=grad.dtype, device=grad.device)
+        grad_weight = torch.mm(grad2d.t(), x.reshape(-1, x.shape[-1]), out=ctx.buffers[key])
         return grad_x, None, None, None, grad_weight.index_select(0, rows).to(delta.dtype), None
 
 

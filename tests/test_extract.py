@@ -217,3 +217,18 @@ def test_half_precision_key_neuron_training_keeps_the_fp32_delta(tiny_model):
     bf16, _ = _train_rows(tiny_model.to(torch.bfloat16), mask, seed=6)
     a, b = ({n: v for n, (_, v) in d.items()} for d in (bf16, fp32))
     assert _delta_norm(a) / _delta_norm(b) >= 0.95 and _cosine(a, b) >= 0.95
+
+
+def test_bf16_key_rows_train_the_weights_the_merge_rebuilds():
+    """On a bf16 model the forward of key-row training uses bf16(W[r] + D) (added in fp32, rounded
+    once), which is exactly what the merge builds for θ_A = θ0 + R: the model as trained."""
+    from maet.merging import merge_tensor
+
+    g = torch.Generator().manual_seed(0)
+    weight = (0.02 * torch.randn(12, 8, generator=g)).to(torch.bfloat16)
+    rows, delta = torch.tensor([1, 4, 9]), 1e-4 * torch.randn(3, 8, generator=g)
+    patched = extract.patch_rows(weight, rows, delta)
+    assert torch.equal(patched, merge_tensor(weight, rows=[(1.0, rows, delta)]))
+    with extract.rows_patched(weight, rows, delta):
+        assert torch.equal(weight, patched)
+    assert torch.equal(weight, merge_tensor(weight))  # restored exactly
