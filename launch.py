@@ -3,10 +3,12 @@
 import os
 import sys
 
-# torch's idle CPU threads sleep at once instead of spinning: with another job on the same cores,
-# spinning threads took 10x longer alone and 30x with a second job (benchmarks/threads.py). Read
-# when torch loads OpenMP, so set before anything imports torch (and inherited by parallel
-# launchers' workers); an OMP_WAIT_POLICY in the environment wins. Numbers do not change.
+# torch's idle CPU threads sleep at once instead of spinning: beside another busy process,
+# spinning threads trained the world model 7x slower (benchmarks/threads.py: 1,040 vs 7,282 tok/s
+# per process for two jobs on 2 cores); alone on a quiet machine spinning was faster (17.8k vs
+# 11.1k tok/s). Read when torch loads OpenMP, so set before anything imports torch (inherited by
+# parallel launchers' workers); OMP_WAIT_POLICY=ACTIVE in the environment wins (a dedicated
+# machine). Numbers do not change.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hydra
