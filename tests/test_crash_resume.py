@@ -140,7 +140,7 @@ def test_multirun_rerun_after_a_kill_redoes_only_what_is_missing(tmp_path, unint
     rerun = tmp_path / "sweep2"
     finish(start(*args, f"hydra.sweep.dir={rerun}", cwd=tmp_path))
     sw, bn = (json.loads((rerun / job / "metrics.json").read_text()) for job in ("0", "1"))
-    assert {s.split("/")[0] for s in computed(sw)} <= {"transfer", "merge"}, computed(sw)
+    assert {s.split("/")[0] for s in computed(sw)} <= {"transfer", "merge", "regime"}, computed(sw)
     assert sw["metrics"] == json.loads((sweep / "0" / "metrics.json").read_text())["metrics"]
     assert {"base", "locate", "ability"}.isdisjoint(computed(bn)), computed(bn)  # shared with sw: cached
     assert "evaluate" in computed(bn)  # never finished before the kill

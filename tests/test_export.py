@@ -41,7 +41,8 @@ def test_saved_model_is_the_evaluated_model(tmp_path):
     record = json.loads((folder / "maet_merge.json").read_text())
     kept = record["kept"]
     assert 0 < len(kept) < len(ability)  # the test covers tensors transferred and left out
-    merged = METHODS["maet"](Deltas(theta0, language, ability, kept), {"alpha": 0.5, "beta": 0.75})
+    kept_rows = {n: ability[n] for n in kept}
+    merged = METHODS["maet"](Deltas(theta0, language, ability, kept_rows), {"alpha": 0.5, "beta": 0.75})
     expected = {n: merged.get(n, p.detach()) for n, p in base.named_parameters()}
     got = dict(saved.named_parameters())
     assert expected.keys() == got.keys()

@@ -75,7 +75,7 @@ def test_single_run_then_repeat_computes_nothing(tmp_path):
 
     launch(*common, f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
     second = json.loads((tmp_path / "run2" / "metrics.json").read_text())
-    assert {n.split("/")[0] for n in computed(second)} <= {"transfer", "merge"}, "a repeated run recomputed a stage"
+    assert {n.split("/")[0] for n in computed(second)} <= {"transfer", "merge", "regime"}, "a repeated run recomputed a stage"
     assert second["metrics"] == first["metrics"]
     assert second["train_tokens"] == 0
 
@@ -239,7 +239,7 @@ def test_optuna_search_tunes_on_dev_and_reports_the_best_trial_once_on_test(tmp_
     dev_items = {p["doc_id"] for p in map(json.loads, (sweep / "0" / "predictions.jsonl").read_text().splitlines())}
     assert len(dev_items) == 6
     assert "Best trial on the test split" in proc.stdout and "vs language_only on the same items" in proc.stdout
-    assert [r["model"] for r in final["testbed"]] == ["maet", "base", "language_only"]  # the paired references
+    assert [r["model"] for r in final["testbed"]] == ["maet", "base", "language_only", "language_beta"]  # paired refs
     assert "Best trial on the test split" in (sweep / "summary.md").read_text()
 
 
