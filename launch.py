@@ -3,13 +3,23 @@
 import os
 import sys
 
-# torch's idle CPU threads sleep at once instead of spinning: beside another busy process,
-# spinning threads trained the world model 7x slower (benchmarks/threads.py: 1,040 vs 7,282 tok/s
-# per process for two jobs on 2 cores); alone on a quiet machine spinning was faster (17.8k vs
-# 11.1k tok/s). Read when torch loads OpenMP, so set before anything imports torch (inherited by
-# parallel launchers' workers); OMP_WAIT_POLICY=ACTIVE in the environment wins (a dedicated
-# machine). Numbers do not change.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads sleep at once instead of spinning when this job's processes share the cores
+# (a parallel launcher named on the command line, or N processes under torchrun / accelerate):
+# beside another busy process, spinning threads trained the world model 7x slower
+# (benchmarks/threads.py: 1,040 vs 7,282 tok/s per process for two jobs on 2 cores), while alone
+# on a quiet machine spinning is faster (17.8k vs 11.1k tok/s), so a single job keeps torch's
+# default. Read when torch loads OpenMP: set before anything imports torch (inherited by the
+# launchers' workers). OMP_WAIT_POLICY in the environment wins. Numbers do not change.
+SHARING_LAUNCHERS = ("joblib", "submitit_local", "local_parallel")
+
+
+def threads_share_the_cores(argv: list[str], env: dict) -> bool:
+    launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), None)
+    return launcher in SHARING_LAUNCHERS or int(env.get("WORLD_SIZE", "1") or 1) > 1
+
+
+if threads_share_the_cores(sys.argv[1:], os.environ):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hydra
 from omegaconf import DictConfig

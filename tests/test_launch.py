@@ -243,13 +243,21 @@ def test_optuna_search_tunes_on_dev_and_reports_the_best_trial_once_on_test(tmp_
     assert "Best trial on the test split" in (sweep / "summary.md").read_text()
 
 
-def test_launch_makes_idle_openmp_threads_sleep_unless_the_environment_says_otherwise():
-    """OMP_WAIT_POLICY must be in the environment before torch loads OpenMP (benchmarks/threads.py)."""
-    probe = ("import os, sys; import launch; "
-             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    default = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    assert default.stdout.split() == ["PASSIVE", "False"], default.stderr
-    chosen = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env=env | {"OMP_WAIT_POLICY": "ACTIVE"},
-                            capture_output=True, text=True)
-    assert chosen.stdout.split() == ["ACTIVE", "False"], chosen.stderr
+def test_launch_makes_idle_openmp_threads_sleep_when_the_jobs_processes_share_the_cores():
+    """OMP_WAIT_POLICY must be in the environment before torch loads OpenMP (benchmarks/threads.py):
+    PASSIVE under a parallel launcher or N processes, torch's default for a single job, and what the
+    environment says always wins."""
+    def probe(argv, **extra):
+        code = (f"import os, sys; sys.argv = {['launch.py', *argv]!r}; import launch; "
+                "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "WORLD_SIZE")} | extra
+        proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert probe([]) == ["None", "False"]
+    assert probe(["-m", "merge.alpha=0.5,1.0"]) == ["None", "False"]  # sequential jobs: one at a time
+    assert probe(["-m", "hydra/launcher=joblib", "lang=sw,bn"]) == ["PASSIVE", "False"]
+    assert probe(["-m", "hydra/launcher=submitit_local"]) == ["PASSIVE", "False"]
+    assert probe([], WORLD_SIZE="2") == ["PASSIVE", "False"]
+    assert probe(["-m", "hydra/launcher=joblib"], OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "False"]
