@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from maet.merging import merge_tensor
+from maet.transfer import load_weights
 from maet.types import DenseDelta, RowDelta
 
 
@@ -43,20 +44,15 @@ def added(base: dict[str, torch.Tensor], *deltas: DenseDelta | RowDelta) -> dict
 @torch.no_grad()
 def argmax_tokens(model, weights: dict[str, torch.Tensor], base: dict[str, torch.Tensor],
                   batch: torch.Tensor) -> torch.Tensor:
-    """Next-token argmax `[batch, seq]` of the model with `weights` loaded (θ0 restored after)."""
-    params = dict(model.named_parameters())
-    device = next(model.parameters()).device
+    """Next-token argmax `[batch, seq]` of the model with `weights` loaded (θ0 and the mode restored after)."""
+    device, was_training = next(model.parameters()).device, model.training
     try:
-        for name, value in weights.items():
-            params[name].copy_(value)
-        was_training = model.training
+        load_weights(model, weights)
         model.eval()
-        out = model(input_ids=batch.to(device)).logits.argmax(-1).cpu()
-        model.train(was_training)
+        return model(input_ids=batch.to(device)).logits.argmax(-1).cpu()
     finally:
-        for name in weights:
-            params[name].copy_(base[name])
-    return out
+        load_weights(model, {n: base[n] for n in weights})
+        model.train(was_training)
 
 
 def disentanglement_error(model, base: dict[str, torch.Tensor], ability: DenseDelta | RowDelta,
