@@ -136,6 +136,7 @@ class WorldSettings:
     max_operand: int = 9
     pretrain_equations: int = 3000
     pretrain_ability_en: int = 300
+    pretrain_ability_targets: int = 0
 
 
 @dataclass

@@ -292,7 +292,7 @@ def _world(w: WorldSettings) -> set[str]:
                "a number in [0, 1]")
     for name in ("general_per_lang", "ability_per_lang", "benchmark_per_lang", "max_operand"):
         _positive_int(f"world.{name}", getattr(w, name))
-    for name in ("pretrain_general_per_lang", "parallel_per_lang", "pretrain_equations", "pretrain_ability_en"):
+    for name in [n for n in vars(w) if n.startswith(("pretrain_", "parallel_"))]:  # counts that may be 0
         _check(f"world.{name}", getattr(w, name), getattr(w, name) >= 0, "an integer >= 0")
     return {f"{kind}:{code}" for code in codes for kind in ("general", "ability", "parallel")}
 

@@ -218,14 +218,17 @@ def pretraining_mix(world: World) -> list[str]:
     """The base's pre-training text: general text of every language (its own sentences, so that
     the stages' general corpora are fresh text for the model, as continual pre-training data is),
     parallel pairs, bare equations (language-neutral math text, as web text has) and a little
-    English arithmetic."""
+    arithmetic: English problems, and optionally a few in each target language."""
     s = world.settings
     facts = equations(s.max_operand)
     facts = (facts * (s.pretrain_equations // len(facts) + 1))[:s.pretrain_equations]
     general = world.pretrain_general if s.pretrain_general_per_lang else world.general
     docs = [d for code in general for d in general[code]]
     docs += [d for code in world.parallel for d in world.parallel[code]]
-    return docs + facts + world.ability["en"][-s.pretrain_ability_en:] if s.pretrain_ability_en else docs + facts
+    problems = world.ability["en"][-s.pretrain_ability_en:] if s.pretrain_ability_en else []
+    for code in (c for c in world.ability if c != "en" and s.pretrain_ability_targets):
+        problems += world.ability[code][-s.pretrain_ability_targets:]
+    return docs + facts + problems
 
 
 def corpus(world: World, name: str) -> list[str]:

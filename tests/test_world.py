@@ -110,3 +110,11 @@ def test_pretraining_general_text_is_drawn_apart_from_the_stages_text(w):
     assert all(doc in mix for doc in w.pretrain_general["bn"])
     legacy = world.generate(WorldSettings(**{**SMALL.__dict__, "pretrain_general_per_lang": 0}))
     assert all(doc in world.pretraining_mix(legacy) for doc in legacy.general["bn"])
+
+
+def test_pretraining_may_hold_a_few_problems_per_target_language(w):
+    assert not any(doc in world.pretraining_mix(w) for doc in w.ability["sw"])  # the default: English only
+    with_targets = world.generate(WorldSettings(**{**SMALL.__dict__, "pretrain_ability_targets": 7}))
+    mix = world.pretraining_mix(with_targets)
+    assert [doc for doc in mix if doc in with_targets.ability["bn"]] == with_targets.ability["bn"][-7:]
+    assert len(mix) == len(world.pretraining_mix(w)) + 7 * (len(w.ability) - 1)
