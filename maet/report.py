@@ -96,6 +96,35 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
     return rows, failed
 
 
+def reference_rows(sweep: Path) -> list[dict]:
+    """The models each job evaluated beside its method (`report.references`), one row per distinct
+    (lang, model, numbers): jobs that share a reference's inputs show it once."""
+    out: dict[tuple, dict] = {}
+    for job in job_dirs(sweep):
+        try:
+            summary = json.loads((job / "metrics.json").read_text())
+            refs = [r for r in summary["testbed"] if r["model"] != summary["method"]]
+            for r in refs:
+                head, english = r[summary["headline"]], source_cell(summary, r)
+                row = {"lang": summary["lang"], "model": r["model"], "seeds": r["seeds"], "accuracy": head["mean"],
+                       "low": head["low"], "high": head["high"], "english": english["mean"] if english else None}
+                out.setdefault(tuple(row.values()), {**row, "jobs": []})["jobs"].append(job.name)
+        except (OSError, ValueError, KeyError):  # failed jobs are listed under the main table
+            continue
+    return sorted(out.values(), key=lambda r: (r["lang"], r["model"], r["accuracy"]))
+
+
+def references_markdown(refs: list[dict]) -> str:
+    """The references table under a sweep's summary ('' when the jobs evaluated none)."""
+    if not refs:
+        return ""
+    every = len({j for r in refs for j in r["jobs"]})
+    body = [[r["lang"], r["model"], r["seeds"], interval_text(r["accuracy"], r["low"], r["high"]),
+             percent(r["english"]), "all" if len(r["jobs"]) == every else ", ".join(r["jobs"])] for r in refs]
+    return "\n\nReferences evaluated by the jobs (report.references; identical rows shown once):\n" + tabulate(
+        body, headers=["lang", "model", "seeds", "accuracy % [95% CI]", "English %", "jobs"], tablefmt="github")
+
+
 def pooled(rows: list[dict]) -> list[dict]:
     """Rows that differ only in `seed` pooled into one: mean and 95% t interval over all their
     seeds. Empty when no two jobs differ only in seed."""
@@ -202,7 +231,7 @@ def write(sweep: Path) -> str:
 def build(sweep: Path) -> tuple[str, list[dict], dict[str, Path]]:
     """(markdown, rows, plots) of a sweep dir, all written into it."""
     rows, failed = collect(sweep)
-    text = markdown(rows, failed)
+    text = markdown(rows, failed) + references_markdown(reference_rows(sweep))
     (sweep / "summary.md").write_text(text + "\n")
     with open(sweep / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
