@@ -72,6 +72,7 @@ def job_row(summary: dict, job: str = "", setting: str = "") -> dict:
         "vs_p": paired.get("p"), "english": english["mean"] if english else None,
         "train_tokens": summary["compute"]["tokens"], "vs_cpt_all": summary["compute"]["vs_cpt_all"],
         "per_seed": head.get("per_seed", [head["mean"]]), "n": summary["metrics"].get(f"{summary['headline']}/n", 0),
+        "references": job_references(summary),
     }
 
 
@@ -96,22 +97,36 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
     return rows, failed
 
 
-def reference_rows(sweep: Path) -> list[dict]:
-    """The models each job evaluated beside its method (`report.references`), one row per distinct
-    (lang, model, numbers): jobs that share a reference's inputs show it once."""
+def job_references(summary: dict) -> list[dict]:
+    """The models a job evaluated beside its method (`report.references`): model, seeds, headline
+    accuracy with its interval, English accuracy."""
+    out = []
+    for r in (r for r in summary["testbed"] if r["model"] != summary["method"]):
+        head, english = r[summary["headline"]], source_cell(summary, r)
+        out.append({"model": r["model"], "seeds": r.get("seeds", summary["seeds"]), "accuracy": head["mean"],
+                    "low": head["low"], "high": head["high"], "english": english["mean"] if english else None})
+    return out
+
+
+def reference_rows(rows: list[dict]) -> list[dict]:
+    """One row per distinct (lang, reference model, numbers) over the jobs' rows, with the jobs it
+    came from: jobs that share a reference's inputs show it once."""
     out: dict[tuple, dict] = {}
-    for job in job_dirs(sweep):
-        try:
-            summary = json.loads((job / "metrics.json").read_text())
-            refs = [r for r in summary["testbed"] if r["model"] != summary["method"]]
-            for r in refs:
-                head, english = r[summary["headline"]], source_cell(summary, r)
-                row = {"lang": summary["lang"], "model": r["model"], "seeds": r["seeds"], "accuracy": head["mean"],
-                       "low": head["low"], "high": head["high"], "english": english["mean"] if english else None}
-                out.setdefault(tuple(row.values()), {**row, "jobs": []})["jobs"].append(job.name)
-        except (OSError, ValueError, KeyError):  # failed jobs are listed under the main table
-            continue
+    for row in rows:
+        for ref in row.get("references", []):
+            entry = {"lang": row["lang"], **ref}
+            out.setdefault(tuple(entry.values()), {**entry, "jobs": []})["jobs"].append(row["job"])
     return sorted(out.values(), key=lambda r: (r["lang"], r["model"], r["accuracy"]))
+
+
+def reference_points(rows: list[dict]) -> list[dict]:
+    """The references as curve points: method `<model> (reference)` at their job's setting and alpha."""
+    points = {}
+    for row in rows:
+        for ref in row.get("references", []):
+            point = {**row, **ref, "method": f"{ref['model']} (reference)"}
+            points.setdefault((row["lang"], point["method"], row["setting"], row["alpha"]), point)
+    return list(points.values())
 
 
 def references_markdown(refs: list[dict]) -> str:
@@ -187,11 +202,12 @@ def markdown(rows: list[dict], failed: list[str]) -> str:
 
 
 def sweep_plots(rows: list[dict], folder: Path) -> dict[str, Path]:
-    """PNG plots of a sweep: accuracy vs alpha and vs every other swept number, methods per language."""
+    """PNG plots of a sweep: accuracy vs alpha and vs every other swept number (the jobs' references
+    as lines of their own), methods per language."""
     images = {}
     if len({r["alpha"] for r in rows}) > 1:
         images["sweep/accuracy_vs_alpha"] = plots.curve(rows, "alpha", folder / "accuracy_vs_alpha.png")
-    for key, points in numeric_settings(rows).items():
+    for key, points in numeric_settings(rows + reference_points(rows)).items():
         images[f"sweep/accuracy_vs_{key}"] = plots.curve(points, key, folder / f"accuracy_vs_{key}.png")
     pairs = [(r["lang"], r["method"]) for r in rows]
     if len({r["method"] for r in rows}) > 1 and len(set(pairs)) == len(pairs):  # one bar per (lang, method)
@@ -231,7 +247,7 @@ def write(sweep: Path) -> str:
 def build(sweep: Path) -> tuple[str, list[dict], dict[str, Path]]:
     """(markdown, rows, plots) of a sweep dir, all written into it."""
     rows, failed = collect(sweep)
-    text = markdown(rows, failed) + references_markdown(reference_rows(sweep))
+    text = markdown(rows, failed) + references_markdown(reference_rows(rows))
     (sweep / "summary.md").write_text(text + "\n")
     with open(sweep / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")

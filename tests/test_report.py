@@ -69,19 +69,23 @@ def test_sweep_table_lists_every_job_pools_seeds_and_names_failed_jobs(tmp_path)
 
 
 def test_references_are_listed_once_per_distinct_row(tmp_path):
-    def with_refs(beta: str, ability: float) -> dict:
+    def with_refs(ability: float) -> dict:
         summary = fake_summary("sw", "maet", 1.0, 0, [0.3])
         cell = lambda mean: {"mean": mean, "low": mean - 0.05, "high": mean + 0.05}  # noqa: E731
         summary["testbed"] += [{"model": "base", "seeds": 1, "arith_sw": cell(0.1), "arith_en": cell(0.12)},
                                {"model": "ability", "seeds": 1, "arith_sw": cell(ability), "arith_en": cell(0.6)}]
         return summary
-    sweep = make_sweep(tmp_path, [(["merge.beta=0.5"], with_refs("0.5", 0.2)), (["merge.beta=1.0"], with_refs("1.0", 0.2)),
-                                  (["merge.beta=2.0"], with_refs("2.0", 0.25)), (["merge.beta=3.0"], None)])
-    refs = report.reference_rows(sweep)
+    sweep = make_sweep(tmp_path, [(["merge.beta=0.5"], with_refs(0.2)), (["merge.beta=1.0"], with_refs(0.2)),
+                                  (["merge.beta=2.0"], with_refs(0.25)), (["merge.beta=3.0"], None)])
+    refs = report.reference_rows(report.collect(sweep)[0])
     assert [(r["model"], r["accuracy"], r["jobs"]) for r in refs] == \
         [("ability", 0.2, ["0", "1"]), ("ability", 0.25, ["2"]), ("base", 0.1, ["0", "1", "2"])]
     text = report.write(sweep)
     assert "References evaluated by the jobs" in text and "| sw     | base    |" in text
+    curve = report.numeric_settings(report.collect(sweep)[0] + report.reference_points(report.collect(sweep)[0]))
+    assert {(p["method"], p["merge.beta"]) for p in curve["merge.beta"]} == \
+        {(m, b) for m in ("maet", "base (reference)", "ability (reference)") for b in (0.5, 1.0, 2.0)}
+    assert (sweep / "plots" / "accuracy_vs_merge.beta.png").is_file()
     assert "References" not in report.write(make_sweep(tmp_path / "plain", [(["lang=sw"], fake_summary("sw", "maet", 1.0, 0, [0.1]))]))
 
 
