@@ -130,6 +130,7 @@ class WorldSettings:
     general_per_lang: int = 6000
     pretrain_general_per_lang: int = 0
     problem_forms: bool = False
+    free_order: bool = False
     parallel_per_lang: int = 1500
     ability_per_lang: int = 6000
     benchmark_per_lang: int = 200

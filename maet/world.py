@@ -82,13 +82,18 @@ def _plural(lex: dict[str, str], obj: str, n: int | None) -> str:
 class Renderer:
     """Turns semantic frames into sentences of one language."""
 
-    def __init__(self, lang: WorldLanguage, seed: int):
+    def __init__(self, lang: WorldLanguage, seed: int, free_order: bool = False):
         self.lang, self.lex = lang, lexicon(lang, seed)
+        self.free_order, self.order_rng = free_order, random.Random(f"{seed}:order:{lang.code}")
+
+    def _noun_first(self) -> bool:
+        """The language's noun / number order, or a coin flip per phrase under free_order."""
+        return self.order_rng.random() < 0.5 if self.free_order else self.lang.noun_first
 
     def noun_phrase(self, obj: str, number: int | None = None, adjective: str | None = None) -> list[str]:
         noun = _plural(self.lex, obj, number)
         mods = ([self.lex[adjective]] if adjective else []) + ([str(number)] if number is not None else [])
-        if self.lang.noun_first:
+        if self._noun_first():
             return [noun, *mods]
         det = [self.lex["a"]] if number is None and adjective is None else []
         return [*det, *[m for m in reversed(mods)], noun]
@@ -103,10 +108,11 @@ class Renderer:
     def question(self, name: str, obj: str) -> str:
         how_many = self.lex["how_many"].split()
         noun = [_plural(self.lex, obj, 2)]
-        if self.lang.code == "en":
+        english_form = self.order_rng.random() < 0.5 if self.free_order else self.lang.code == "en"
+        if english_form:
             words = [*how_many, *noun, self.lex["does"], name, self.lex["have"]]
         else:
-            words = self.clause([name], [self.lex["has"]], [*how_many, *noun] if not self.lang.noun_first else [*noun, *how_many])
+            words = self.clause([name], [self.lex["has"]], [*noun, *how_many] if self._noun_first() else [*how_many, *noun])
         return " ".join(words) + " ?"
 
     # general sentences -------------------------------------------------------
@@ -179,7 +185,7 @@ class World:
 
 def generate(settings: WorldSettings) -> World:
     """The whole world, deterministic per `settings` (seed included)."""
-    renderers = {lang.code: Renderer(lang, settings.seed) for lang in settings.languages}
+    renderers = {lang.code: Renderer(lang, settings.seed, settings.free_order) for lang in settings.languages}
     frames = all_frames(settings.max_operand)
     random.Random(f"{settings.seed}:frames").shuffle(frames)
     n_bench = settings.benchmark_per_lang

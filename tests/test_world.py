@@ -118,3 +118,12 @@ def test_pretraining_may_hold_a_few_problems_per_target_language(w):
     mix = world.pretraining_mix(with_targets)
     assert [doc for doc in mix if doc in with_targets.ability["bn"]] == with_targets.ability["bn"][-7:]
     assert len(mix) == len(world.pretraining_mix(w)) + 7 * (len(w.ability) - 1)
+
+
+def test_free_order_varies_noun_order_and_question_form_in_every_language(w):
+    free = world.generate(WorldSettings(**{**SMALL.__dict__, "free_order": True}))
+    english = " ".join(free.ability["en"])
+    assert "how many" in english and " has how many " in english  # both question forms
+    assert any(f" has {n} " in english for n in range(1, 10)) and any(f"s {n} ." in english for n in range(1, 10))
+    assert free.ability["en"] != w.ability["en"] and free.general["sw"] != w.general["sw"]
+    assert [b["answer"] for b in free.benchmark["sw"]] == [b["answer"] for b in w.benchmark["sw"]]  # same frames
