@@ -77,6 +77,7 @@ class Table:
     ready: Callable[[], str | None] = field(default=lambda: None)  # None, or why it cannot run here
     fence: bool = True                # the table as a code block (False: Markdown to render)
     cache_args: tuple[str, ...] = ("paths.cache_dir={cache}",)  # how the command is pointed at the cache
+    image: tuple[str, str] = ()       # (a plot in the output dir, where the doc shows it) copied on success
 
 
 GEMMA = ("launch.py", "experiment=shared_data", "model=gemma3_270m_gguf", "lang=sw", "train.batch_size=2",
@@ -92,6 +93,8 @@ TABLES = [
     Table("optuna", "README.md", ("launch.py", "-m", "+sweep=optuna", "lang=sw"), sweep_block, "sweep"),
     Table("baselines", "README.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
     Table("gemma", "README.md", GEMMA, run_block, default=False, ready=_gemma_ready),
+    Table("distance", "README.md", ("launch.py", "-m", "+sweep=distance"), sweep_block, "sweep", default=False,
+          image=("plots/accuracy_vs_world.languages.1.distance.png", "docs/img/distance.png")),
     Table("diagnosis", "README.md", ("launch.py", "-m", "+sweep=diagnosis"), sweep_block, "sweep", default=False),
     Table("diagnosis_merges", "README.md", ("launch.py", "-m", "+sweep=diagnosis_merges"), sweep_block, "sweep",
           default=False),
@@ -176,6 +179,9 @@ def run_table(table: Table, work: Path, cache: Path) -> tuple[str, str]:
         raise RuntimeError(f"`{command_line(table)}` exited with {proc.returncode} ({tail[0][:200]}; log: {log})")
     state = "cache empty at start" if entries == 0 else f"{entries} cache entries at start"
     details = f"wall {wall(seconds)}, {state}, load average {load:.1f} at start and {load_average():.1f} at end"
+    if table.image:
+        (PROJECT_ROOT / table.image[1]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / table.image[0], PROJECT_ROOT / table.image[1])
     return table.block(out), details
 
 

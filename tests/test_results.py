@@ -61,6 +61,15 @@ def test_a_command_table_is_what_the_command_printed(tmp_path):
     assert results.current_block((tmp_path / "doc.md").read_text(), "demo").endswith("```\n| b |\n```")
 
 
+def test_a_tables_picture_is_copied_where_its_doc_shows_it(tmp_path):
+    (tmp_path / "doc.md").write_text(DOC)
+    code = f"open({str(tmp_path / 'demo' / 'plot.png')!r}, 'wb').write(b'png'); print('| c |')"
+    table = results.Table("demo", str(tmp_path / "doc.md"), ("-c", code), results.command_stdout, kind="command",
+                          cache_args=(), image=("plot.png", str(tmp_path / "img" / "demo.png")))
+    assert results.regenerate([table], tmp_path, "abc1234")[0][1] == "regenerated"
+    assert (tmp_path / "img" / "demo.png").read_bytes() == b"png"
+
+
 def test_a_failing_command_keeps_the_old_table_and_says_so(tmp_path):
     (tmp_path / "doc.md").write_text(DOC)
     report = results.regenerate([_table(tmp_path, "raise SystemExit(3)")], tmp_path, results.git_commit())
