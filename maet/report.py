@@ -133,9 +133,11 @@ def references_markdown(refs: list[dict]) -> str:
     """The references table under a sweep's summary ('' when the jobs evaluated none)."""
     if not refs:
         return ""
-    every = len({j for r in refs for j in r["jobs"]})
-    body = [[r["lang"], r["model"], r["seeds"], interval_text(r["accuracy"], r["low"], r["high"]),
-             percent(r["english"]), "all" if len(r["jobs"]) == every else ", ".join(r["jobs"])] for r in refs]
+    every: dict[str, set[str]] = {}  # the jobs of each language
+    for r in refs:
+        every.setdefault(r["lang"], set()).update(r["jobs"])
+    body = [[r["lang"], r["model"], r["seeds"], interval_text(r["accuracy"], r["low"], r["high"]), percent(r["english"]),
+             f"all {r['lang']}" if set(r["jobs"]) == every[r["lang"]] else ", ".join(r["jobs"])] for r in refs]
     return "\n\nReferences evaluated by the jobs (report.references; identical rows shown once):\n" + tabulate(
         body, headers=["lang", "model", "seeds", "accuracy % [95% CI]", "English %", "jobs"], tablefmt="github")
 
