@@ -83,8 +83,14 @@ class Renderer:
     """Turns semantic frames into sentences of one language."""
 
     def __init__(self, lang: WorldLanguage, seed: int, free_order: bool = False):
-        self.lang, self.lex = lang, lexicon(lang, seed)
-        self.free_order, self.order_rng = free_order, random.Random(f"{seed}:order:{lang.code}")
+        self.lang, self.lex, self.seed, self.free_order = lang, lexicon(lang, seed), seed, free_order
+        self.for_corpus("")
+
+    def for_corpus(self, name: str) -> Renderer:
+        """Restarts the free-order coin flips for corpus `name`, so that one corpus's phrasing does
+        not depend on the sizes of the corpora drawn before it."""
+        self.order_rng = random.Random(f"{self.seed}:order:{self.lang.code}:{name}")
+        return self
 
     def _noun_first(self) -> bool:
         """The language's noun / number order, or a coin flip per phrase under free_order."""
@@ -195,20 +201,25 @@ def generate(settings: WorldSettings) -> World:
     forms = settings.problem_forms
     for code, r in renderers.items():
         rng = random.Random(f"{settings.seed}:general:{code}")
+        r.for_corpus("general")
         general[code] = [r.general(rng, forms) for _ in range(settings.general_per_lang)]
         rng = random.Random(f"{settings.seed}:pretrain-general:{code}")
+        r.for_corpus("pretrain-general")
         pretrain_general[code] = [r.general(rng, forms) for _ in range(settings.pretrain_general_per_lang)]
         prng = random.Random(f"{settings.seed}:parallel:{code}")
-        pairs = []
+        pairs, en = [], renderers["en"].for_corpus(f"parallel:{code}")
+        r.for_corpus("parallel")
         for _ in range(settings.parallel_per_lang if code != "en" else 0):
             state = prng.getstate()
-            en_sentence = renderers["en"].general(prng, forms)
+            en_sentence = en.general(prng, forms)
             prng.setstate(state)
             pairs.append(f"{en_sentence} ||| {r.general(prng, forms)}")
         parallel[code] = pairs
         arng = random.Random(f"{settings.seed}:ability:{code}")
         chosen = [train_frames[arng.randrange(len(train_frames))] for _ in range(settings.ability_per_lang)]
+        r.for_corpus("ability")
         ability[code] = [" ".join(r.problem(f)) for f in chosen]
+        r.for_corpus("benchmark")
         benchmark[code] = [{"question": q, "answer": int(ans.split("=")[1].strip(" ."))}
                            for q, ans in (r.problem(f) for f in bench_frames)]
     return World(settings, general, pretrain_general, parallel, ability, benchmark)

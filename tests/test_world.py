@@ -127,3 +127,9 @@ def test_free_order_varies_noun_order_and_question_form_in_every_language(w):
     assert any(f" has {n} " in english for n in range(1, 10)) and any(f"s {n} ." in english for n in range(1, 10))
     assert free.ability["en"] != w.ability["en"] and free.general["sw"] != w.general["sw"]
     assert [b["answer"] for b in free.benchmark["sw"]] == [b["answer"] for b in w.benchmark["sw"]]  # same frames
+
+
+def test_free_order_phrasing_of_a_corpus_does_not_depend_on_the_sizes_of_the_others():
+    free = {**SMALL.__dict__, "free_order": True}
+    one, other = world.generate(WorldSettings(**free)), world.generate(WorldSettings(**{**free, "general_per_lang": 77}))
+    assert one.benchmark == other.benchmark and one.ability == other.ability
