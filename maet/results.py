@@ -94,7 +94,7 @@ TABLES = [
     Table("baselines", "README.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
     Table("gemma", "README.md", GEMMA, run_block, default=False, ready=_gemma_ready),
     Table("testbed", "README.md", ("launch.py", "-m", "experiment=small_delta", "method=task_arithmetic,ties,maet",
-                                   "lang=sw"), sweep_block, "sweep", default=False),
+                                   "lang=sw,bn"), sweep_block, "sweep", default=False),
     Table("distance", "README.md", ("launch.py", "-m", "+sweep=distance"), sweep_block, "sweep", default=False,
           image=("plots/accuracy_vs_world.languages.1.distance.png", "docs/img/distance.png")),
     Table("diagnosis", "README.md", ("launch.py", "-m", "+sweep=diagnosis"), sweep_block, "sweep", default=False),
