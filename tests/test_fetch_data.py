@@ -76,6 +76,7 @@ def test_folder_source_is_copied_with_checksums_and_kept_when_it_verifies(tmp_pa
 
 def test_no_source_names_what_was_tried(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch_data, "SIBLING", tmp_path / "absent")
+    monkeypatch.delenv("DATA_FROM", raising=False)  # `make data DATA_FROM=...` before the tests must not give a source
     with pytest.raises(fetch_data.DataUnavailable, match="no ../shared/data"):
         fetch_data.fetch(tmp_path / "data", local_only=True)
     with pytest.raises(fetch_data.DataUnavailable, match="lacks mgsm/exemplars.json"):
