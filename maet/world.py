@@ -92,14 +92,14 @@ class Renderer:
         self.order_rng = random.Random(f"{self.seed}:order:{self.lang.code}:{name}")
         return self
 
-    def _noun_first(self) -> bool:
-        """The language's noun / number order, or a coin flip per phrase under free_order."""
-        return self.order_rng.random() < 0.5 if self.free_order else self.lang.noun_first
+    def _free(self, fixed: bool) -> bool:
+        """`fixed` (the language's own form), or a coin flip per phrase under free_order."""
+        return self.order_rng.random() < 0.5 if self.free_order else fixed
 
     def noun_phrase(self, obj: str, number: int | None = None, adjective: str | None = None) -> list[str]:
         noun = _plural(self.lex, obj, number)
         mods = ([self.lex[adjective]] if adjective else []) + ([str(number)] if number is not None else [])
-        if self._noun_first():
+        if self._free(self.lang.noun_first):
             return [noun, *mods]
         det = [self.lex["a"]] if number is None and adjective is None else []
         return [*det, *[m for m in reversed(mods)], noun]
@@ -114,11 +114,10 @@ class Renderer:
     def question(self, name: str, obj: str) -> str:
         how_many = self.lex["how_many"].split()
         noun = [_plural(self.lex, obj, 2)]
-        english_form = self.order_rng.random() < 0.5 if self.free_order else self.lang.code == "en"
-        if english_form:
+        if self._free(self.lang.code == "en"):  # English's question form, else the clause form
             words = [*how_many, *noun, self.lex["does"], name, self.lex["have"]]
         else:
-            words = self.clause([name], [self.lex["has"]], [*noun, *how_many] if self._noun_first() else [*how_many, *noun])
+            words = self.clause([name], [self.lex["has"]], [*noun, *how_many] if self._free(self.lang.noun_first) else [*how_many, *noun])
         return " ".join(words) + " ?"
 
     # general sentences -------------------------------------------------------
@@ -242,9 +241,8 @@ def pretraining_mix(world: World) -> list[str]:
     general = world.pretrain_general if s.pretrain_general_per_lang else world.general
     docs = [d for code in general for d in general[code]]
     docs += [d for code in world.parallel for d in world.parallel[code]]
-    problems = world.ability["en"][-s.pretrain_ability_en:] if s.pretrain_ability_en else []
-    for code in (c for c in world.ability if c != "en" and s.pretrain_ability_targets):
-        problems += world.ability[code][-s.pretrain_ability_targets:]
+    counts = {code: s.pretrain_ability_targets for code in world.ability} | {"en": s.pretrain_ability_en}
+    problems = [d for code, n in counts.items() if n for d in world.ability[code][-n:]]  # the last n of each
     return docs + facts + problems
 
 
