@@ -52,7 +52,7 @@ def test_two_default_runs_differing_in_beta_are_told_apart_with_curves_and_paire
         # identity: the Hydra choices and overrides in the config, job type, tags
         assert run.config["hydra.choices.model"] == "world_tiny" and run.config["hydra.choices.lang"] == "sw"
         assert f"merge.beta={beta}" in run.config["hydra.overrides"]
-        assert run.job_type == "maet" and {"experiment:world", "lang:sw", "ablation:default"} <= set(run.tags)
+        assert run.job_type == "maet" and {"experiment:small_delta", "lang:sw", "ablation:default"} <= set(run.tags)
         # lineage: only what this job made is logged as its output; its own results files too
         made = run.config["lineage"]["made"]
         assert {a["name"] for a in run.artifacts if a["type"] in ("model", "mask", "delta")} == set(made)

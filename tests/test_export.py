@@ -23,6 +23,7 @@ from test_launch import LEAN, SMALL
 def test_saved_model_is_the_evaluated_model(tmp_path):
     cache, run = tmp_path / "cache", tmp_path / "run"
     args = [*SMALL, *LEAN, "tracker=none", "save.model=true", "merge.alpha=0.5", "merge.beta=0.75",
+            "transfer.select=threshold",  # a selection that keeps some tensors and leaves others
             f"paths.cache_dir={cache}", f"hydra.run.dir={run}"]
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)

@@ -15,9 +15,10 @@ from conftest import needs_data, require_data
 from maet import report
 from maet.config import PROJECT_ROOT
 
-# The default (the built-in world), reduced: same pipeline, smaller world, model and budgets.
+# The default (experiment=small_delta, the built-in world's testbed), reduced: same pipeline, smaller
+# world, dev split, model and budgets.
 SMALL = [
-    "world.general_per_lang=400", "world.parallel_per_lang=100", "world.ability_per_lang=300",
+    "world.general_per_lang=400", "world.pretrain_general_per_lang=200", "eval.dev_size=4", "world.parallel_per_lang=100", "world.ability_per_lang=300",
     "world.benchmark_per_lang=16", "world.pretrain_equations=100", "world.pretrain_ability_en=20",
     "model.scratch.vocab_size=400", "model.scratch.hidden_size=32", "model.scratch.intermediate_size=64",
     "model.scratch.num_layers=2", "model.scratch.max_position_embeddings=128",
@@ -56,7 +57,7 @@ def test_single_run_then_repeat_computes_nothing(tmp_path):
     proc = launch(*common, f"hydra.run.dir={tmp_path / 'run1'}", cwd=tmp_path)
     first = json.loads((tmp_path / "run1" / "metrics.json").read_text())
     assert {"model", "ability", "lang", "method", "alpha", "metrics", "stages"} <= set(first)
-    assert (first["lang"], first["method"], first["alpha"]) == ("sw", "maet", 1.0)
+    assert (first["lang"], first["method"], first["alpha"]) == ("sw", "maet", 0.99)  # method=maet's dev-tuned α (conf/merge/maet.yaml)
     assert 0.0 <= first["metrics"]["mgsm_sw"] <= 1.0 and first["metrics"]["mgsm_sw/n"] == 2
     assert "heldout_sw/bits_per_byte" in first["metrics"] and "mgsm_en" in first["metrics"]
     for stage in ("base", "locate", "ability", "language", "evaluate", "evaluate/base", "evaluate/language_only"):
@@ -93,7 +94,7 @@ def test_default_world_run_prints_the_testbed_table(tmp_path):
             assert len(cell["per_seed"]) == 2 and cell["low"] <= cell["mean"] <= cell["high"]
     assert rows["base"]["arith_sw"]["per_seed"][0] == rows["base"]["arith_sw"]["per_seed"][1]  # θ0 has no seed
     paired = rows["maet"]["vs_language_only"]
-    assert paired["n"] == 2 * 16 and 0 <= paired["p"] <= 1 and paired["low"] <= paired["diff"] <= paired["high"]
+    assert paired["n"] == 2 * (16 - 4) and 0 <= paired["p"] <= 1 and paired["low"] <= paired["diff"] <= paired["high"]  # 4 of the 16 are dev
     assert "vs_base" in rows["maet"] and "vs_base" not in rows["base"]
     assert paired["diff"] == pytest.approx(rows["maet"]["arith_sw"]["mean"] - rows["language_only"]["arith_sw"]["mean"])
     for stage in ("base", "locate", "ability", "language", "oracle", "locate/seed1", "ability/seed1", "oracle/seed1"):
@@ -174,15 +175,15 @@ def test_ablations_run_end_to_end(tmp_path):
 def test_reconstruction_options_run_end_to_end(tmp_path):
     """The faithful options of the reconstruction (docs/method-options.md) each run through the
     pipeline and change what they should: R(A) (project, sgd), the kept rows (row granularity) and
-    what R(Lj) covers (language.params)."""
+    what R(Lj) covers (language.params). The default (project, every tensor) against Eq. 2 and SGD."""
     sweep = tmp_path / "sweep"
-    ablations = ["default", "project_general", "sgd", "select_rows", "language_linear", "language_all"]
+    ablations = ["default", "subtract_general", "sgd", "select_rows", "language_linear", "language_all"]
     launch("-m", f"+ablation={','.join(ablations)}", *SMALL, *LEAN, f"paths.cache_dir={tmp_path / 'cache'}",
            "tracker=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     jobs = dict(zip(ablations, [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]))
     assert len(jobs) == len(ablations)
     ability = {name: j["stages"]["ability"]["key"] for name, j in jobs.items()}
-    assert len({ability["default"], ability["project_general"], ability["sgd"]}) == 3
+    assert len({ability["default"], ability["subtract_general"], ability["sgd"]}) == 3
     assert ability["select_rows"] == ability["default"]  # selection happens after extraction
     language = {name: j["stages"]["language"]["key"] for name, j in jobs.items()}
     assert len({language["default"], language["language_linear"], language["language_all"]}) == 3
@@ -227,7 +228,7 @@ def test_user_sweep_on_the_local_submitit_launcher_gives_table_plots_and_wandb_s
 
 def test_optuna_search_tunes_on_dev_and_reports_the_best_trial_once_on_test(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = launch("-m", "+sweep=optuna", "hydra.sweeper.n_trials=2", "eval.dev_size=6", *SMALL, "tracker=none",
+    proc = launch("-m", "+sweep=optuna", "hydra.sweeper.n_trials=2", *SMALL, "eval.dev_size=6", "tracker=none",
                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
     assert len(trials) == 2 and all(t["split"] == "dev" for t in trials)

@@ -209,7 +209,7 @@ def test_dev_and_test_splits_are_disjoint_and_cover_the_items():
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["eval.split=dev"], "eval.dev_size"),            # dev split without dev items
+    (["eval.split=dev", "eval.dev_size=0"], "eval.dev_size"),  # dev split without dev items
     (["eval.split=train", "eval.dev_size=5"], "eval.split"),
     (["eval.dev_size=-1"], "eval.dev_size"),
     (["eval=global_mmlu_stem", "ability=science", "eval.dev_size=5"], "eval.dev_size"),  # hub task: cannot split
@@ -288,7 +288,7 @@ def test_launcher_presets_compose():
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
     assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 2
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.eval.split == "dev"
-    assert set(optuna.hydra.sweeper.params) == {"merge.alpha", "transfer.tau"}
+    assert set(optuna.hydra.sweeper.params) == {"merge.alpha", "merge.beta"}
 
 
 def test_parallel_jobs_get_one_gpu_each(monkeypatch):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hydra.errors import MissingConfigException
 
 from conftest import load
@@ -189,3 +190,22 @@ def test_help_lists_the_groups_and_every_key_with_its_doc():
     assert "method: ability_full, ability_only, base, cpt_all" in proc.stdout and "language: default" in proc.stdout
     assert "merge.alpha" in proc.stdout and "coefficient μ of the ability weights" in proc.stdout
     assert "defaults:" not in proc.stdout and "_target_" not in proc.stdout  # not a raw config dump
+
+
+def test_each_merge_method_defaults_to_its_dev_tuned_setting_and_an_override_wins():
+    """method=X selects conf/merge/X.yaml (from +sweep=tune_X); merge=default, a key=value and
+    +ablation=literal (MAET as the paper reads most literally) each take precedence."""
+    for method in ("maet", "task_arithmetic", "ties", "dare"):
+        tuned = yaml.safe_load((PROJECT_ROOT / "conf" / "merge" / f"{method}.yaml").read_text())
+        s = _load(f"method={method}")
+        assert all(getattr(s.merge, key) == value for key, value in tuned.items() if key != "defaults"), method
+        assert (s.merge.alpha, s.merge.beta) != (1.0, 1.0)
+        shared, overridden = _load(f"method={method}", "merge=default"), _load(f"method={method}", "merge.alpha=0.3")
+        assert (shared.merge.alpha, shared.merge.beta, overridden.merge.alpha) == (1.0, 1.0, 0.3)
+    maet = _load()
+    assert (maet.method.name, maet.extract.general, maet.transfer.select) == ("maet", "project", "all")
+    literal = _load("+ablation=literal")
+    assert (literal.extract.general, literal.transfer.select, literal.transfer.tau, literal.transfer.similarity) == (
+        "subtract", "threshold", 0.0, "tensor")
+    assert (literal.merge.alpha, literal.merge.beta) == (1.0, 1.0)
+    assert _load("method=layer_swap").merge.alpha == 1.0  # untuned methods keep the shared values
