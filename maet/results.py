@@ -96,6 +96,8 @@ TABLES = [
     Table("testbed", "README.md", ("launch.py", "-m", "method=task_arithmetic,ties,maet", "lang=sw,bn",
                                    "report.references=[base,ability,ability_full,language_only,oracle]"),
           sweep_block, "sweep"),
+    Table("testbed_untuned", "README.md", ("launch.py", "-m", "method=task_arithmetic,ties,maet", "lang=sw,bn",
+                                           "merge=default", "+ablation=literal"), sweep_block, "sweep"),
     Table("distance", "README.md", ("launch.py", "-m", "+sweep=distance"), sweep_block, "sweep", default=False,
           image=("plots/accuracy_vs_world.languages.1.distance.png", "docs/img/distance.png")),
     Table("diagnosis", "README.md", ("launch.py", "-m", "+sweep=diagnosis"), sweep_block, "sweep", default=False),
