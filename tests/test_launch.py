@@ -18,7 +18,8 @@ from maet.config import PROJECT_ROOT
 # The default (experiment=small_delta, the built-in world's testbed), reduced: same pipeline, smaller
 # world, dev split, model and budgets.
 SMALL = [
-    "world.general_per_lang=400", "world.pretrain_general_per_lang=200", "eval.dev_size=4", "world.parallel_per_lang=100", "world.ability_per_lang=300",
+    "world.general_per_lang=400", "world.pretrain_general_per_lang=200", "eval.dev_size=4",
+    "world.parallel_per_lang=100", "world.ability_per_lang=300",
     "world.benchmark_per_lang=16", "world.pretrain_equations=100", "world.pretrain_ability_en=20",
     "model.scratch.vocab_size=400", "model.scratch.hidden_size=32", "model.scratch.intermediate_size=64",
     "model.scratch.num_layers=2", "model.scratch.max_position_embeddings=128",

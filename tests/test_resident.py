@@ -7,7 +7,8 @@ from conftest import compose_config, load
 from maet import base, context, world
 from maet.cache import ArtifactCache
 
-SMALL = ["world.general_per_lang=200", "world.pretrain_general_per_lang=100", "world.parallel_per_lang=50", "world.ability_per_lang=50",
+SMALL = ["world.general_per_lang=200", "world.pretrain_general_per_lang=100", "world.parallel_per_lang=50",
+         "world.ability_per_lang=50",
          "world.benchmark_per_lang=8", "world.pretrain_equations=20", "world.pretrain_ability_en=10",
          "model.scratch.vocab_size=300", "model.scratch.hidden_size=32", "model.scratch.intermediate_size=64",
          "model.scratch.num_layers=2", "model.scratch.max_position_embeddings=64", "model.scratch.pretrain_tokens=0"]
