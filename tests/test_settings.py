@@ -208,4 +208,6 @@ def test_each_merge_method_defaults_to_its_dev_tuned_setting_and_an_override_win
     assert (literal.extract.general, literal.transfer.select, literal.transfer.tau, literal.transfer.similarity) == (
         "subtract", "threshold", 0.0, "tensor")
     assert (literal.merge.alpha, literal.merge.beta) == (1.0, 1.0)
+    assert _load("method=ties", "+ablation=literal").merge == _load("method=ties", "merge=default").merge
+    assert _load("+ablation=literal", "merge.beta=0.5").merge.beta == 0.5  # a key override still wins
     assert _load("method=layer_swap").merge.alpha == 1.0  # untuned methods keep the shared values
