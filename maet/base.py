@@ -43,7 +43,7 @@ def resident_base(ctx: Context):
         _, model, tokenizer, theta0 = held
         transfer.load_weights(model, theta0)
         ctx.record("base", cached=True, start=start, key=ident[0], curves=stored_curves(ctx.cache, "base", ident[0]))
-        ctx.stages["base"].in_memory = True
+        ctx.stages["base" + ctx.suffix].in_memory = True
         return model, tokenizer, ident[0], theta0
     _RESIDENT.clear()  # free the previous job's model before loading another
     model, tokenizer, key = base_model(ctx)

@@ -63,11 +63,12 @@ class Context:
     world: world.World | None = None
     stages: dict[str, StageRecord] = field(default_factory=dict)
     curves: dict[str, dict[str, list]] = field(default_factory=dict)  # stage -> loop desc -> [[step, loss, lr]]
-    suffix: str = ""  # "/seed<k>" for every seed but the first
+    suffix: str = ""  # "/seed<k>" for every replication but the first
 
-    def for_seed(self, k: int) -> "Context":
-        """The context of the k-th seed (seed + k): same cache, device, world and stage records."""
-        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, seed=self.settings.seed + k),
+    def for_replication(self, k: int) -> "Context":
+        """The context of the k-th replication (same cache, device, world and stage records): stage
+        seed `seed + k` and, for a scratch base, its own pre-training seed (`replication_settings`)."""
+        return dataclasses.replace(self, settings=replication_settings(self.settings, k),
                                    suffix=f"/seed{self.settings.seed + k}" if k else "")
 
     def record(self, stage: str, cached: bool, start: float, key: str | None = None,
@@ -84,6 +85,23 @@ class Context:
                                                        final_loss=final_loss(curves))
         if curves:
             self.curves[stage + self.suffix] = curves
+
+
+def base_is_random(s: Settings) -> bool:
+    """Whether replications redraw the base: a scratch base pre-trained here, unless
+    `report.shared_base`. A hub or local model is fixed by nature."""
+    return s.model.source == "scratch" and not s.report.shared_base
+
+
+def replication_settings(s: Settings, k: int) -> Settings:
+    """The settings of replication k of a job: stage seed `seed + k` and, when the base is random,
+    base seed `model.scratch.seed + seed + k`, so that a job with another `seed` draws new
+    replications (base included) rather than reusing the bases of seed 0."""
+    replication = dataclasses.replace(s, seed=s.seed + k)
+    if base_is_random(s):
+        scratch = dataclasses.replace(s.model.scratch, seed=s.model.scratch.seed + s.seed + k)
+        replication = dataclasses.replace(replication, model=dataclasses.replace(s.model, scratch=scratch))
+    return replication
 
 
 def final_loss(curves: dict[str, list] | None) -> float | None:

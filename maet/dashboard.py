@@ -108,9 +108,10 @@ def _cell_scalars(prefix: str, cell: dict) -> dict[str, float]:
 
 def summary_scalars(summary: dict) -> dict[str, float | int | str | None]:
     """Every number the results tables show, cache-independent: `testbed/<model>/<metric>/{mean,low,
-    high}` (95% interval over seeds), `testbed/<model>/vs_<ref>/{diff,low,high,p}` (paired, target
-    language), the method's own as `paired/vs_<ref>/...`, `compute/*`, and `stages/<stage>/*`
-    (seconds, memory, final loss; `stages/total/*`)."""
+    high}` (95% interval over replications x items), `testbed/<model>/vs_<ref>/{diff,low,high,p}` (paired, target
+    language), the method's own as `paired/vs_<ref>/...`, the method against every other model as
+    `compare/<a>-<b>/{diff,low,high,p,p_holm,resolves}` (the comparisons table), `compute/*`, and
+    `stages/<stage>/*` (seconds, memory, final loss; `stages/total/*`)."""
     out: dict = {"headline": summary["metrics"][summary["headline"]], **summary["metrics"]}
     for row in summary["testbed"]:
         for key, cell in row.items():
@@ -120,6 +121,8 @@ def summary_scalars(summary: dict) -> dict[str, float | int | str | None]:
                     out |= _cell_scalars(f"paired/{key}", cell)
             elif key.startswith("heldout_"):
                 out[f"testbed/{row['model']}/{key}"] = cell
+    for row in summary.get("comparisons", []):
+        out |= {f"compare/{row['a']}-{row['b']}/{k}": row[k] for k in ("diff", "low", "high", "p", "p_holm", "resolves")}
     c = summary["compute"]
     out |= {"compute/tokens": c["tokens"], "compute/flops": c["flops"], "compute/vs_cpt_all": c["vs_cpt_all"],
             "compute/cpt_all_tokens": c["cpt_all_tokens"], **{f"compute/tokens/{k}": v for k, v in c["per_stage"].items()}}

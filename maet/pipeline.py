@@ -39,10 +39,11 @@ class Testbed:
 
     def __init__(self, variants: list[str]):
         self.metrics: dict[str, list[dict]] = {v: [] for v in variants}
-        self.items: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        self.items: dict[str, dict[str, list[dict[str, float]]]] = {v: {} for v in variants}  # variant -> lang -> per replication
         self.predictions: list[dict] = []
         self.first: tuple | None = None  # (similarity, kept, artifacts) of the method's first seed
         self.regime: dict = {}  # maet.regime's measures of the first seed
+        self.replications: list[dict] = []  # per replication: stage seed, base seed, base key
 
 
 def evaluate_variants(ctx: Context, model, tokenizer, corpora: Corpora, base: dict[str, torch.Tensor],
@@ -59,7 +60,8 @@ def evaluate_variants(ctx: Context, model, tokenizer, corpora: Corpora, base: di
         metrics, predictions = evaluate_stage(ctx, model, tokenizer, corpora, model_key, name)
         transfer.load_weights(model, {n: base[n] for n in weights})
         testbed.metrics[variant].append(metrics)
-        testbed.items[variant].append(evaluate.correctness(predictions, s.lang.code, s.eval.filter))
+        for code in s.eval.langs:
+            testbed.items[variant].setdefault(code, []).append(evaluate.correctness(predictions, code, s.eval.filter))
         testbed.predictions += [{"model": variant, "seed": s.seed, **p} for p in predictions]
         if testbed.first is None and variant == method:
             testbed.first = (similarity, list(a.kept), a)
@@ -72,23 +74,26 @@ def run_job(s: Settings) -> JobResult:
     cache = distributed.cache(s.paths.cache_dir)  # one job on N processes: rank 0 publishes, the others read
     device = distributed.setup(s.device, s.train.batch_size) or resolve_device(s.device, _job_num())
     ctx = Context(s, cache, device, world.generate(s.world) if uses_world(s) else None)
-    model, tokenizer, base_key, base = resident_base(ctx)
-    corpora = load_corpora(s, ctx.world, tokenizer)
     testbed = Testbed(list(dict.fromkeys([s.method.name, *s.report.references])))
-    for k in range(s.report.seeds):
-        seed_ctx = ctx.for_seed(k)
-        torch.manual_seed(seed_ctx.settings.seed)
-        a = seed_artifacts(seed_ctx, model, tokenizer, corpora, base_key, list(testbed.metrics))
-        similarity, a.kept, a.transferred = transfer_stage(seed_ctx, a.ability, a.language)
+    corpora = None
+    for k in range(s.report.seeds):  # replication k: its own base (unless shared or fixed) and stage seeds
+        rep = ctx.for_replication(k)
+        model, tokenizer, base_key, base = resident_base(rep)
+        corpora = corpora or load_corpora(s, ctx.world, tokenizer)  # the tokenizer does not depend on the seed
+        torch.manual_seed(rep.settings.seed)
+        a = seed_artifacts(rep, model, tokenizer, corpora, base_key, list(testbed.metrics))
+        similarity, a.kept, a.transferred = transfer_stage(rep, a.ability, a.language)
         if k == 0:
-            testbed.regime = measure_regime(seed_ctx, model, tokenizer, corpora, base, a)
-        evaluate_variants(seed_ctx, model, tokenizer, corpora, base, a, similarity, testbed)
+            testbed.regime = measure_regime(rep, model, tokenizer, corpora, base, a)
+        evaluate_variants(rep, model, tokenizer, corpora, base, a, similarity, testbed)
+        testbed.replications.append({"seed": rep.settings.seed, "base_seed": rep.settings.model.scratch.seed
+                                     if rep.settings.model.source == "scratch" else None, "base": base_key})
     similarity, kept, a = testbed.first
     mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
     runs = testbed.metrics[s.method.name]
     return JobResult(_mean_metrics(runs), runs, testbed.metrics, testbed.items, testbed.predictions, ctx.stages,
                      similarity, kept, tensor_rows(a, similarity, kept), mask_rows, model.num_parameters(),
-                     testbed.regime, ctx.curves)
+                     testbed.regime, ctx.curves, testbed.replications)
 
 
 REGIME_DOCS = 16  # sequences of train.seq_len tokens per input set of the disentanglement error

@@ -29,7 +29,8 @@ from hydra.experimental.callback import Callback
 from tabulate import tabulate
 
 from maet import plots
-from maet.stats import interval_text, mean_interval, percent
+from maet.compare import COMPARISON_COLUMNS, comparisons, comparisons_markdown, job_label, pooled, short_setting
+from maet.stats import ESTIMATOR, interval_text, p_text, percent
 from maet.summary import TEST_REFERENCES, method_row, source_cell
 from maet.tracking import init_wandb
 
@@ -73,7 +74,18 @@ def job_row(summary: dict, job: str = "", setting: str = "") -> dict:
         "train_tokens": summary["compute"]["tokens"], "vs_cpt_all": summary["compute"]["vs_cpt_all"],
         "per_seed": head.get("per_seed", [head["mean"]]), "n": summary["metrics"].get(f"{summary['headline']}/n", 0),
         "references": job_references(summary),
+        "replications": tuple((r["seed"], r["base"]) for r in summary.get("replications", [])),
+        "base_note": summary.get("base_note", ""), "estimator": summary.get("estimator", ""),
+        "correct": _method_correct(summary),
     }
+
+
+def _method_correct(summary: dict) -> tuple[list[str], list[str]] | None:
+    """(item ids, one 0/1 string per replication) of the job's method; None in older metrics.json files."""
+    record = summary.get("correct")
+    if not record or summary["method"] not in record["models"]:
+        return None
+    return record["items"], record["models"][summary["method"]]
 
 
 def collect(sweep: Path) -> tuple[list[dict], list[str]]:
@@ -94,7 +106,17 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
         except (ValueError, KeyError, StopIteration) as err:  # a truncated or foreign metrics.json
             failed.append(f"{listed} (unreadable metrics.json: {type(err).__name__}: {err})")
     rows.sort(key=lambda r: (r["lang"], r["method"], r["setting"], r["alpha"], r["seed"]))
+    for row in rows:
+        row["label"] = job_label(row, rows)
     return rows, failed
+
+
+
+
+
+
+
+
 
 
 def job_references(summary: dict) -> list[dict]:
@@ -142,52 +164,35 @@ def references_markdown(refs: list[dict]) -> str:
         body, headers=["lang", "model", "seeds", "accuracy % [95% CI]", "English %", "jobs"], tablefmt="github")
 
 
-def pooled(rows: list[dict]) -> list[dict]:
-    """Rows that differ only in `seed` pooled into one: mean and 95% t interval over all their
-    seeds. Empty when no two jobs differ only in seed."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["lang"], r["method"], r["setting"], r["alpha"]), []).append(r)
-    if all(len(g) == 1 for g in groups.values()):
-        return []
-    out = []
-    for (lang, method, setting, alpha), group in groups.items():
-        values = [v for r in group for v in r["per_seed"]]
-        mean, low, high = mean_interval(values, int(group[0]["n"]))
-        out.append({"lang": lang, "method": method, "setting": setting, "alpha": alpha, "jobs": len(group),
-                    "seeds": len(values), "accuracy": mean, "low": low, "high": high})
-    return out
 
 
-def _short(setting: str) -> str:
-    """`transfer.tau=0.0391773000782` -> `transfer.tau=0.03918` (display only; the CSV keeps all digits)."""
-    pairs = []
-    for pair in setting.split():
-        key, value = pair.split("=", 1)
-        try:
-            value = f"{float(value):.4g}" if "." in value or "e" in value else value
-        except ValueError:
-            pass
-        pairs.append(f"{key}={value}")
-    return " ".join(pairs)
 
 
 def _paired(r: dict) -> str:
     if r["vs_language_only"] is None:
         return ""
-    return f"{interval_text(r['vs_language_only'], r['vs_low'], r['vs_high'], signed=True)} p={r['vs_p']:.3f}"
+    return f"{interval_text(r['vs_language_only'], r['vs_low'], r['vs_high'], signed=True)} {p_text(r['vs_p'])}"
+
+
+
+
+def intervals_lines(rows: list[dict]) -> str:
+    """How the jobs' replications drew the base, and the estimator (each distinct line once)."""
+    notes = list(dict.fromkeys(r["base_note"] for r in rows if r.get("base_note")))
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows if r.get("estimator"))) or [ESTIMATOR]
+    return "\n".join([*(f"Replications: {n}." for n in notes), *(f"Intervals: {e}." for e in estimators)])
 
 
 def markdown(rows: list[dict], failed: list[str]) -> str:
     show_setting = any(r["setting"] for r in rows)
-    setting = (lambda r: [_short(r["setting"])]) if show_setting else (lambda r: [])
+    setting = (lambda r: [short_setting(r["setting"])]) if show_setting else (lambda r: [])
     body = [[r["lang"], r["method"], *setting(r), r["alpha"], r["seed"], r["seeds"],
              interval_text(r["accuracy"], r["low"], r["high"]),
              _paired(r),
              percent(r["english"]), f"{r['train_tokens']:,}", f"{r['vs_cpt_all']:.2f}"] for r in rows]
     headers = ["lang", "method", *(["setting"] if show_setting else []), "alpha", "seed", "seeds",
                "accuracy % [95% CI]", "Δ vs language_only [95% CI]", "English %", "train tokens", "compute / cpt_all"]
-    text = tabulate(body, headers=headers, tablefmt="github")
+    text = tabulate(body, headers=headers, tablefmt="github") + "\n" + intervals_lines(rows)
     dev = [r["job"] for r in rows if r["split"] == "dev"]
     if dev:
         text = f"Accuracy on the dev split (eval.split=dev) in jobs {', '.join(dev)}; never a test number.\n\n" + text
@@ -240,27 +245,35 @@ def _without(setting: str, key: str) -> str:
     return " ".join(pair for pair in setting.split() if not pair.startswith(f"{key}="))
 
 
-def write(sweep: Path) -> str:
-    """Aggregate the sweep dir; write summary.md, summary.csv and plots there; return the markdown."""
-    text, _, _ = build(sweep)
-    return text
+def write(sweep: Path, compare_to: str | None = None) -> str:
+    """Aggregate the sweep dir; write summary.md, summary.csv, comparisons.csv and plots there;
+    return the markdown."""
+    return build(sweep, compare_to)[0]
 
 
-def build(sweep: Path) -> tuple[str, list[dict], dict[str, Path]]:
-    """(markdown, rows, plots) of a sweep dir, all written into it."""
+def build(sweep: Path, compare_to: str | None = None) -> tuple[str, list[dict], dict[str, Path], list[dict]]:
+    """(markdown, rows, plots, comparisons) of a sweep dir, all written into it (summary.md, summary.csv,
+    comparisons.csv, plots/)."""
     rows, failed = collect(sweep)
-    text = markdown(rows, failed) + references_markdown(reference_rows(rows))
+    compared, note = comparisons(rows, compare_to)
+    text = markdown(rows, failed) + comparisons_markdown(compared, note) + references_markdown(reference_rows(rows))
     (sweep / "summary.md").write_text(text + "\n")
     with open(sweep / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    with open(sweep / "comparisons.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(compared)
     images = sweep_plots(rows, sweep / "plots") if rows else {}
-    return text, rows, images
+    return text, rows, images, compared
 
 
-def log_summary_run(sweep: Path, rows: list[dict], images: dict[str, Path], tracker: dict) -> None:
-    """One W&B run (job_type sweep-summary, the sweep's group) with the table and the plots.
+def log_summary_run(sweep: Path, rows: list[dict], images: dict[str, Path], tracker: dict,
+                    compared: list[dict] = ()) -> None:
+    """One W&B run (job_type sweep-summary, the sweep's group) with the table, the comparisons
+    (a table, and `compare/<lang>/<a> − <b>/{diff,low,high,p_holm}` summary scalars) and the plots.
     A tracker failure is one warning; the files in the sweep dir are the record."""
     try:
         import wandb
@@ -270,7 +283,12 @@ def log_summary_run(sweep: Path, rows: list[dict], images: dict[str, Path], trac
                          tracker.get("entity"), tracker.get("group") or sweep.name, job_type="sweep-summary",
                          quiet=True)
         run.log({"sweep/results": wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in rows]),
+                 "sweep/comparisons": wandb.Table(columns=COMPARISON_COLUMNS,
+                                                  data=[[c.get(k) for k in COMPARISON_COLUMNS] for c in compared]),
                  **{name: wandb.Image(str(path)) for name, path in images.items()}})
+        for c in compared:
+            for key in ("diff", "low", "high", "p", "p_holm", "resolves"):
+                run.summary[f"compare/{c['lang']}/{c['a']} − {c['b']}/{key}"] = c[key]
         run.finish()
     except Exception as err:
         warnings.warn(f"W&B: could not log the sweep summary run: {err}; {sweep}/summary.csv has the table")
@@ -363,13 +381,13 @@ class SweepReport(Callback):
         sweep = Path(config.hydra.sweep.dir)
         if not sweep.is_dir():
             return
-        text, rows, images = build(sweep)
+        text, rows, images, compared = build(sweep, (config.get("report") or {}).get("compare_to"))
         print(f"\nSweep summary ({sweep}):\n{text}")
         if images:
             print("plots: " + ", ".join(str(p) for p in images.values()))
         tracker = tracked(config)
         if tracker is not None:
-            log_summary_run(sweep, rows, images, tracker)
+            log_summary_run(sweep, rows, images, tracker, compared)
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")):
             best_on_test(config, sweep)
 
@@ -380,6 +398,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--wandb", choices=["offline", "online"], help="also log a W&B summary run")
     parser.add_argument("--from-wandb-sweep", metavar="ENTITY/PROJECT/ID",
                         help="first download each finished run of this W&B sweep into sweep_dir")
+    parser.add_argument("--compare-to", metavar="LABEL",
+                        help="compare this job (a method or a swept value, as report.compare_to) with every other")
     parser.add_argument("--best-on-test", action="store_true",
                         help="then run the job with the best dev accuracy once on the test split")
     args = parser.parse_args(argv)
@@ -387,10 +407,10 @@ def main(argv: list[str]) -> int:
         download_wandb_sweep(args.from_wandb_sweep, args.sweep_dir)
     if not args.sweep_dir.is_dir():
         parser.error(f"not a directory: {args.sweep_dir}")
-    text, rows, images = build(args.sweep_dir)
+    text, rows, images, compared = build(args.sweep_dir, args.compare_to)
     print(text)
     if args.wandb:
-        log_summary_run(args.sweep_dir, rows, images, {"mode": args.wandb})
+        log_summary_run(args.sweep_dir, rows, images, {"mode": args.wandb}, compared)
     if args.best_on_test:
         job, overrides = best_dev_job(args.sweep_dir)
         print(f"\nBest on dev: job {job}; evaluating it once on the test split:")

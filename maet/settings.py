@@ -148,7 +148,9 @@ class OracleSettings:
 
 @dataclass
 class ReportSettings:
-    seeds: int = 1
+    seeds: int = 1                     # replications: each its own stage seeds and (scratch) base seed
+    shared_base: bool = False          # every replication on one base draw (its variance then left out)
+    compare_to: Optional[str] = None   # sweep report: the job every other is compared with (null: all pairs)
     references: list[str] = field(default_factory=list)
     quiet: bool = True
 

@@ -13,14 +13,17 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tabulate import tabulate
 
 from maet import keys
 from maet.cache import ArtifactCache
-from maet.context import StageRecord
+from maet.context import StageRecord, base_is_random
 from maet.methods import METHODS
 from maet.settings import Settings
-from maet.stats import interval_text, mean_interval, paired_difference
+from maet.stats import (ESTIMATOR, ONE_REPLICATION, accuracy, adjust_rows, interval_text, p_text, paired_difference,
+                        percent)
 
 
 def metric_name(benchmark: str, code: str) -> str:
@@ -33,7 +36,7 @@ class JobResult:
     metrics: dict[str, float]              # the method's metrics, averaged over seeds
     per_seed: list[dict[str, float]]       # the method's metrics of each seed
     testbed: dict[str, list[dict]]         # variant -> metrics of each seed (method and references)
-    items: dict[str, list[dict[str, float]]]  # variant -> per seed: item -> correct (target language)
+    items: dict[str, dict[str, list[dict[str, float]]]]  # variant -> eval language -> per replication: item -> correct
     predictions: list[dict]                # every evaluated model's, every seed (with "model" and "seed")
     stages: dict[str, StageRecord]
     similarity: dict[str, float]           # first seed
@@ -43,6 +46,7 @@ class JobResult:
     n_params: int
     regime: dict = dataclasses.field(default_factory=dict)  # first seed: relative norms, disentanglement (maet.regime)
     curves: dict[str, dict[str, list]] = dataclasses.field(default_factory=dict)  # stage -> loop -> [[step, loss, lr]]
+    replications: list[dict] = dataclasses.field(default_factory=list)  # per replication: seed, base_seed, base key
 
 
 def headline(s: Settings) -> str:
@@ -54,30 +58,46 @@ TEST_REFERENCES = ("base", "language_only", "language_beta")  # beside the one t
 PAIRED_WITH = ("base", "language_only", "language_beta")  # language_beta: θ0 + merge.beta·R(Lj), when a reference
 
 
-def paired_items(a: list[dict[str, float]], b: list[dict[str, float]]) -> tuple[list[float], list[float]]:
-    """Correctness of two models on the same (seed, item) pairs, aligned."""
-    xs, ys = [], []
-    for run_a, run_b in zip(a, b):
-        for doc in sorted(run_a.keys() & run_b.keys()):
-            xs.append(run_a[doc])
-            ys.append(run_b[doc])
-    return xs, ys
+def common_items(runs: list[list[dict[str, float]]]) -> list[str]:
+    """The item ids scored in every replication of every model given (sorted)."""
+    ids = set.intersection(*(set(run) for model in runs for run in model))
+    return sorted(ids)
+
+
+def score_table(runs: list[dict[str, float]], items: list[str]) -> np.ndarray:
+    """`[replications, items]` 0/1 table of one model: row r, column i = correct on item i in replication r."""
+    return np.array([[run[i] for i in items] for run in runs], dtype=float)
+
+
+def bits(table: np.ndarray) -> list[str]:
+    """A 0/1 table as one string of digits per replication (metrics.json's compact form)."""
+    return ["".join("1" if x else "0" for x in row) for row in table]
+
+
+def unbits(rows: list[str]) -> np.ndarray:
+    """Inverse of `bits`."""
+    return np.array([[c == "1" for c in row] for row in rows], dtype=float)
 
 
 def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
     """One row per evaluated model: accuracy in each eval language (mean and 95% interval over
-    seeds), the paired difference in the target language against the base and the language-only
-    model (same items and seeds; exact McNemar p), and held-out bits per byte."""
+    replications x items, `maet.stats`), the paired difference in the target language against the
+    base and the language-only model (same replications and items), and held-out bits per byte."""
     rows = []
+    target = {v: result.items[v][s.lang.code] for v in result.items}
+    target_items = common_items(list(target.values()))
     for variant, runs in result.testbed.items():
         row = {"model": variant, "seeds": len(runs)}
         for code in s.eval.langs:
             name = metric_name(s.eval.benchmark, code)
-            mean, low, high = mean_interval([r[name] for r in runs], int(runs[0][f"{name}/n"]))
-            row[name] = {"mean": mean, "low": low, "high": high, "per_seed": [r[name] for r in runs]}
+            per_lang = result.items[variant][code]
+            estimate = accuracy(score_table(per_lang, common_items([per_lang])))
+            row[name] = {"mean": estimate.mean, "low": estimate.low, "high": estimate.high,
+                         "per_seed": [r[name] for r in runs], "se": estimate.se, "df": estimate.df}
         for ref in PAIRED_WITH:
-            if ref in result.items and ref != variant:
-                row[f"vs_{ref}"] = paired_difference(*paired_items(result.items[variant], result.items[ref]))
+            if ref in target and ref != variant:
+                row[f"vs_{ref}"] = paired_difference(score_table(target[variant], target_items),
+                                                     score_table(target[ref], target_items))
         bpb = f"heldout_{s.lang.code}/bits_per_byte"
         if bpb in runs[0]:
             row[bpb] = sum(r[bpb] for r in runs) / len(runs)
@@ -106,9 +126,44 @@ def training_compute(s: Settings, result: JobResult) -> dict:
 
 def random_seeds(s: Settings) -> dict[str, int]:
     """Every seed a job uses, by config key: `seed` (data order, training, random locate, DARE;
-    seed+k for the k-th of `report.seeds`), `eval.seed` (lm-eval), the world's and the scratch base's."""
+    seed+k for replication k of `report.seeds`), `eval.seed` (lm-eval), the world's and the scratch
+    base's (model.scratch.seed+seed+k for replication k unless report.shared_base)."""
     return {"seed": s.seed, "report.seeds": s.report.seeds, "eval.seed": s.eval.seed, "world.seed": s.world.seed,
-            "model.scratch.seed": s.model.scratch.seed}
+            "model.scratch.seed": s.model.scratch.seed, "report.shared_base": s.report.shared_base}
+
+
+def base_note(s: Settings) -> str:
+    """How the base enters the replications, in words (printed under every table it affects)."""
+    n = s.report.seeds
+    if s.model.source != "scratch":
+        return (f"{n} of the stage seeds; the base is a pretrained model ({s.model.source}: "
+                f"{s.model.path}), fixed by nature: not a random factor")
+    if not base_is_random(s):
+        return (f"{n} on one base draw (report.shared_base=true, base seed {s.model.scratch.seed}): "
+                f"the base's variance is not in these intervals")
+    first = s.model.scratch.seed + s.seed
+    return (f"{n}, each with its own base pre-training (base seeds {first}..{first + n - 1}) "
+            f"and stage seeds ({s.seed}..{s.seed + n - 1})")
+
+
+def comparisons(s: Settings, result: JobResult) -> list[dict]:
+    """The method against every other evaluated model in the target language, on the same
+    replications and items: difference, 95% interval, p and Holm's p across these rows, and the
+    smallest difference each comparison resolves (80% power)."""
+    target = {v: result.items[v][s.lang.code] for v in result.items}
+    items = common_items(list(target.values()))
+    method = s.method.name
+    return adjust_rows([{"a": method, "b": other, **paired_difference(score_table(target[method], items),
+                                                                      score_table(target[other], items))}
+                        for other in target if other != method])
+
+
+def correct_record(s: Settings, result: JobResult) -> dict:
+    """Per-item correctness in the target language of every evaluated model, as one string of 0/1
+    per replication over `items` (what the sweep report pairs across jobs)."""
+    target = {v: result.items[v][s.lang.code] for v in result.items}
+    items = common_items(list(target.values()))
+    return {"items": items, "models": {v: bits(score_table(runs, items)) for v, runs in target.items()}}
 
 
 def job_summary(s: Settings, result: JobResult) -> dict:
@@ -118,10 +173,13 @@ def job_summary(s: Settings, result: JobResult) -> dict:
         "model": s.model.name, "ability": s.ability.name, "lang": s.lang.code, "source_lang": s.source_lang.code,
         "method": s.method.name,
         "alpha": s.merge.alpha, "beta": s.merge.beta, "seed": s.seed, "seeds": s.report.seeds,
-        "random_seeds": random_seeds(s),
+        "random_seeds": random_seeds(s), "replications": result.replications, "base_random": base_is_random(s),
+        "base_note": base_note(s), "estimator": ESTIMATOR if s.report.seeds > 1 else ONE_REPLICATION,
         "headline": headline(s), "split": s.eval.split, "metrics": result.metrics,
         "metrics_per_seed": result.per_seed,
-        "testbed": testbed_rows(s, result), "stages": stages, "compute": training_compute(s, result),
+        "testbed": testbed_rows(s, result), "comparisons": comparisons(s, result),
+        "correct": correct_record(s, result),
+        "stages": stages, "compute": training_compute(s, result),
         "train_tokens": sum(r.train_tokens for r in result.stages.values() if not r.cached),
         "transfer": {"similarity": result.similarity, "kept": result.kept, "tensors": result.tensors},
         "key_neurons": result.mask_rows,
@@ -147,18 +205,43 @@ def testbed_flat(summary: dict) -> tuple[list[str], list[list]]:
 
 
 def testbed_table(summary: dict, fmt: str = "github") -> str:
-    """Accuracy (%) of every evaluated model with 95% intervals, paired differences (points) in the
-    target language against the base and the language-only model, bits per byte of held-out text."""
+    """Accuracy (%) of every evaluated model in each language with 95% intervals, and bits per
+    byte of held-out target-language text."""
     rows = summary["testbed"]
     acc_cols = [k for k in rows[0] if isinstance(rows[0][k], dict) and "mean" in rows[0][k]]
-    paired_cols = [f"vs_{ref}" for ref in PAIRED_WITH if any(f"vs_{ref}" in r for r in rows)]
     extra = [k for k in rows[0] if k.startswith("heldout_")]
     body = [[r["model"], *[interval_text(r[c]["mean"], r[c]["low"], r[c]["high"], width=5) for c in acc_cols],
-             *[paired_text(r.get(c)) for c in paired_cols],
              *[f"{r[c]:.3f}" for c in extra]] for r in rows]
-    headers = ["model", *[f"{c} % [95% CI]" for c in acc_cols],
-               *[f"Δ {summary['headline']} {c.replace('_', ' ', 1)} [95% CI]" for c in paired_cols], *extra]
+    headers = ["model", *[f"{c} % [95% CI]" for c in acc_cols], *extra]
     return tabulate(body, headers=headers, tablefmt=fmt)
+
+
+def comparisons_table(rows: list[dict], headline_name: str, fmt: str = "github") -> str:
+    """Paired differences `a − b` in points with 95% intervals, p, Holm's p across the rows, and
+    the smallest difference each row resolves (80% power); then one line on what the table resolves."""
+    if not rows:
+        return ""
+    body = [[f"{r['a']} − {r['b']}", interval_text(r["diff"], r["low"], r["high"], signed=True, width=5),
+             p_text(r["p"]), p_text(r["p_holm"]), f"{r['wins']}/{r['losses']}", percent(r["resolves"])]
+            for r in rows]
+    table = tabulate(body, headers=[f"Δ {headline_name}", "points [95% CI]", "p", "p (Holm)", "wins/losses",
+                                    "resolves ≥"], tablefmt=fmt)
+    return table + "\n" + resolution_line(rows)
+
+
+def resolution_line(rows: list[dict]) -> str:
+    """`Resolution: ... 3.1-12.0 points ...`: the range of the rows' detectable differences, for one
+    comparison and at Holm's strictest step."""
+    def span(key: str) -> str:
+        found = [r[key] for r in rows if r.get(key) == r.get(key) and r.get(key) is not None]
+        if not found:
+            return "n/a"
+        low, high = min(found), max(found)
+        return percent(low) if abs(high - low) < 5e-4 else f"{percent(low)}-{percent(high)}"
+
+    return (f"Resolution (80% power, from each row's measured variance components): a true difference of "
+            f"{span('resolves')} points at p < 0.05 for one comparison, {span('resolves_holm')} points at Holm's "
+            f"strictest step (p < 0.05/{len(rows)}); a row whose interval spans 0 does not resolve its difference.")
 
 
 def stage_table(summary: dict) -> str:
@@ -187,7 +270,10 @@ def results_table(summary: dict) -> str:
     """The human-readable end of a run: models x languages, then the stages."""
     head = (f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} "
             f"beta={summary['beta']} model={summary['model']} seeds={summary['seeds']} (from {summary['seed']})")
-    lines = [head, testbed_table(summary), "", stage_table(summary)]
+    lines = [head, testbed_table(summary), intervals_note(summary)]
+    if summary.get("comparisons"):
+        lines += ["", comparisons_table(summary["comparisons"], summary["headline"])]
+    lines += ["", stage_table(summary)]
     c = summary["compute"]
     lines.append(f"training compute of {summary['method']} (per seed): {c['tokens']:,} tokens, "
                  f"{c['flops']:.2e} FLOPs, {c['vs_cpt_all']:.2f}x the cpt_all budget of {c['cpt_all_tokens']:,} tokens")
@@ -199,6 +285,11 @@ def results_table(summary: dict) -> str:
                      f"tensors, {rows}/{all_rows} key rows")
     lines += regime_lines(summary.get("regime") or {}, summary["seed"])
     return "\n".join(lines)
+
+
+def intervals_note(summary: dict) -> str:
+    """The lines under an accuracy table: the replications (how the base enters) and the estimator."""
+    return f"Replications: {summary.get('base_note', '')}.\nIntervals: {summary.get('estimator', '')}."
 
 
 def regime_lines(regime: dict, seed: int) -> list[str]:
@@ -247,7 +338,7 @@ def paired_text(cell: dict | None) -> str:
     """`+3.1 [-2.0, +8.2] p=0.250`: a paired difference in points; "" for None."""
     if cell is None:
         return ""
-    return f"{interval_text(cell['diff'], cell['low'], cell['high'], signed=True, width=5)} p={cell['p']:.3f}"
+    return f"{interval_text(cell['diff'], cell['low'], cell['high'], signed=True, width=5)} {p_text(cell['p'])}"
 
 
 # ----------------------------------------------------------------------------- readers of metrics.json

@@ -10,22 +10,28 @@ import yaml
 from conftest import load
 from omegaconf import OmegaConf
 
-from maet import plots, report, summary as job_summary
+from maet import compare, plots, report, summary as job_summary
 from maet.config import PROJECT_ROOT
 from maet.evaluate import split_items
 from maet.settings import ConfigError, EvalSettings
 from maet.types import layer_module
 
 
-def fake_summary(lang: str, method: str, alpha: float, seed: int, per_seed: list[float]) -> dict:
-    """The fields of a metrics.json that the sweep table reads."""
+def fake_summary(lang: str, method: str, alpha: float, seed: int, per_seed: list[float],
+                 correct: list[str] | None = None) -> dict:
+    """The fields of a metrics.json that the sweep table reads; per-item correctness: the first
+    round(50 p) of 50 items right in each replication, unless `correct` gives the 0/1 strings."""
     mean = sum(per_seed) / len(per_seed)
     cell = {"mean": mean, "low": max(0.0, mean - 0.1), "high": min(1.0, mean + 0.1), "per_seed": per_seed}
+    correct = correct or ["1" * round(50 * p) + "0" * (50 - round(50 * p)) for p in per_seed]
     return {"lang": lang, "method": method, "alpha": alpha, "seed": seed, "seeds": len(per_seed), "split": "test",
             "headline": f"arith_{lang}", "metrics": {f"arith_{lang}": mean, f"arith_{lang}/n": 50},
             "testbed": [{"model": method, f"arith_{lang}": cell, "arith_en": {**cell, "mean": 0.8},
                          "vs_language_only": {"diff": 0.02, "low": -0.01, "high": 0.05, "p": 0.4, "n": 50}}],
-            "compute": {"tokens": 1000, "vs_cpt_all": 1.02}}
+            "compute": {"tokens": 1000, "vs_cpt_all": 1.02},
+            "replications": [{"seed": seed + k, "base_seed": seed + k, "base": f"base{seed + k}"}
+                             for k in range(len(correct))],
+            "correct": {"items": [f"item{i:02d}" for i in range(len(correct[0]))], "models": {method: correct}}}
 
 
 def make_sweep(root: Path, jobs: list[tuple[list[str], dict | None]]) -> Path:
@@ -59,13 +65,45 @@ def test_sweep_table_lists_every_job_pools_seeds_and_names_failed_jobs(tmp_path)
         {(lang, a, s) for lang in ("sw", "bn") for a in (0.5, 1.0) for s in (0, 1)}
     assert all(r["setting"] == "" for r in rows)  # only lang, alpha, seed varied
     # jobs that differ only in seed are pooled: 2 jobs x 2 seeds each
-    pooled = report.pooled(report.collect(sweep)[0])
+    pooled = compare.pooled(report.collect(sweep)[0])
     assert len(pooled) == 4 and all(p["jobs"] == 2 and p["seeds"] == 4 for p in pooled)
     sw_half = next(p for p in pooled if (p["lang"], p["alpha"]) == ("sw", 0.5))
     assert sw_half["accuracy"] == pytest.approx((0.1 + 0.1 + 0.2 + 0.1) / 4)
     assert sw_half["low"] < sw_half["accuracy"] < sw_half["high"]
     assert "Pooled over jobs that differ only in seed" in text
     assert (sweep / "plots" / "accuracy_vs_alpha.png").stat().st_size > 0
+
+
+def test_jobs_are_compared_pairwise_on_the_same_replications_with_holm(tmp_path):
+    # 3 replications x 4 items; maet beats ties by 2 items in each replication, ties and task
+    # arithmetic are identical; another seed (other replications) and another language are never paired
+    ties = ["1100", "1000", "0100"]
+    jobs = [(["method=maet"], fake_summary("sw", "maet", 1.0, 0, [0.5] * 3, ["1111", "1110", "0111"])),
+            (["method=ties"], fake_summary("sw", "ties", 1.0, 0, [0.5] * 3, ties)),
+            (["method=task_arithmetic"], fake_summary("sw", "task_arithmetic", 1.0, 0, [0.5] * 3, ties)),
+            (["method=maet", "seed=3"], fake_summary("sw", "maet", 1.0, 3, [0.5] * 3, ["0000", "0000", "0000"])),
+            (["method=maet", "lang=bn"], fake_summary("bn", "maet", 1.0, 0, [0.5] * 3, ["1111", "1111", "1111"]))]
+    sweep = make_sweep(tmp_path, jobs)
+    rows = report.collect(sweep)[0]
+    compared, note = compare.comparisons(rows)
+    assert note == ""
+    pairs = {(c["a"], c["b"]): c for c in compared}
+    assert set(pairs) == {("maet seed=0", "task_arithmetic seed=0"), ("maet seed=0", "ties seed=0"),
+                          ("task_arithmetic seed=0", "ties seed=0")}
+    beat = pairs[("maet seed=0", "ties seed=0")]
+    assert beat["diff"] == pytest.approx(0.5) and beat["replications"] == 3 and beat["n"] == 12
+    assert pairs[("task_arithmetic seed=0", "ties seed=0")]["diff"] == 0.0
+    ps = sorted(c["p"] for c in compared)  # Holm written out: running max of (m - k) * p_(k), capped at 1
+    expected = [min(1.0, max((3 - k) * ps[k] for k in range(j + 1))) for j in range(3)]
+    assert sorted(c["p_holm"] for c in compared) == pytest.approx(expected)
+
+    only = compare.comparisons(rows, "ties")[0]
+    assert sorted((c["a"], c["b"]) for c in only) == [("ties seed=0", "maet seed=0"), ("ties seed=0", "task_arithmetic seed=0")]
+    everything, note = compare.comparisons(rows, "nothing")
+    assert "report.compare_to=nothing names no job" in note and len(everything) == 3
+    text = report.write(sweep, "ties")
+    assert "Paired differences between the jobs" in text and "ties seed=0 − maet seed=0" in text and "Resolution" in text
+    assert "maet seed=0" in (sweep / "comparisons.csv").read_text()
 
 
 def test_references_are_listed_once_per_distinct_row(tmp_path):

@@ -1,0 +1,111 @@
+"""Paired comparisons between the jobs of a sweep: jobs of one language and split that ran the
+same replications (stage seeds and bases) are compared on their common items, each against every
+other or against the job `report.compare_to` names, with Holm's adjustment across the table;
+and jobs that differ only in `seed` pooled as more replications of one setting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maet.stats import accuracy, adjust_rows, paired_difference
+from maet.summary import comparisons_table, unbits
+
+COMPARISON_COLUMNS = ["lang", "a", "b", "a_job", "b_job", "diff", "low", "high", "p", "p_holm", "se", "df",
+                      "replications", "n", "wins", "losses", "resolves", "resolves_holm"]
+
+
+def short_setting(setting: str) -> str:
+    """`transfer.tau=0.0391773000782` -> `transfer.tau=0.03918` (display only; the CSV keeps all digits)."""
+    pairs = []
+    for pair in setting.split():
+        key, value = pair.split("=", 1)
+        try:
+            value = f"{float(value):.4g}" if "." in value or "e" in value else value
+        except ValueError:
+            pass
+        pairs.append(f"{key}={value}")
+    return " ".join(pairs)
+
+
+def job_label(row: dict, rows: list[dict]) -> str:
+    """`maet ablation=no_subtract`: the method and the swept setting, with alpha and seed where
+    they vary across the sweep's jobs."""
+    parts = [row["method"], short_setting(row["setting"]) if row["setting"] else ""]
+    for key in ("alpha", "seed"):
+        if len({r[key] for r in rows}) > 1:
+            parts.append(f"{key}={row[key]}")
+    return " ".join(p for p in parts if p)
+
+
+def matches(row: dict, compare_to: str) -> bool:
+    """Whether a job is the one `report.compare_to` names: its label, its method, or one of its swept
+    `key=value` pairs or values (`ablation=default` or `default`)."""
+    pairs = row["setting"].split()
+    return compare_to in (row["label"], row["method"], *pairs, *(p.split("=", 1)[1] for p in pairs))
+
+
+def comparisons(rows: list[dict], compare_to: str | None = None) -> tuple[list[dict], str]:
+    """(paired differences between the sweep's jobs, a note): jobs of one language and split that
+    ran the same replications (stage seeds and bases) are compared on their common items, each
+    against every other, or the job(s) `compare_to` names against every other; Holm across all
+    rows. The note says when `compare_to` names no job."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("correct") and r["replications"]:
+            groups.setdefault((r["lang"], r["split"], r["replications"]), []).append(r)
+    note = ""
+    if compare_to and not any(matches(r, compare_to) for g in groups.values() for r in g):
+        labels = sorted({r["label"] for g in groups.values() for r in g})
+        note = f"report.compare_to={compare_to} names no job of this sweep (labels: {', '.join(labels)}); every pair compared instead."
+        compare_to = None
+    out = []
+    for (lang, _, _), group in groups.items():
+        if compare_to:
+            pairs = [(a, b) for a in group if matches(a, compare_to) for b in group if not matches(b, compare_to)]
+        else:
+            pairs = [(a, b) for i, a in enumerate(group) for b in group[i + 1:]]
+        for a, b in pairs:
+            items = sorted(set(a["correct"][0]) & set(b["correct"][0]))
+            out.append({"lang": lang, "a": a["label"], "b": b["label"], "a_job": a["job"], "b_job": b["job"],
+                        **paired_difference(_table(a, items), _table(b, items))})
+    return adjust_rows(out), note
+
+
+def _table(row: dict, items: list[str]):
+    """The job's `[replications, items]` 0/1 table restricted to `items`."""
+    ids, strings = row["correct"]
+    full = unbits(strings)
+    index = {item: k for k, item in enumerate(ids)}
+    return full[:, [index[i] for i in items]]
+
+
+def comparisons_markdown(compared: list[dict], note: str) -> str:
+    """The sweep's comparisons between jobs, one table per language ('' when there are none)."""
+    text = f"\n\n{note}" if note else ""
+    if not compared:
+        return text
+    text += "\n\nPaired differences between the jobs (same language, replications and items; Holm across all rows):"
+    for lang in sorted({c["lang"] for c in compared}):
+        text += f"\n\n{lang}:\n" + comparisons_table([c for c in compared if c["lang"] == lang], "accuracy")
+    return text
+
+
+def pooled(rows: list[dict]) -> list[dict]:
+    """Rows that differ only in `seed` pooled into one: their replications stacked (each job's
+    seeds draw their own replications), mean and 95% interval over replications x common items.
+    Empty when no two jobs differ only in seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["lang"], r["method"], r["setting"], r["alpha"]), []).append(r)
+    if all(len(g) == 1 for g in groups.values()):
+        return []
+    out = []
+    for (lang, method, setting, alpha), group in groups.items():
+        if not all(r.get("correct") for r in group):
+            continue
+        items = sorted(set.intersection(*(set(r["correct"][0]) for r in group)))
+        e = accuracy(np.concatenate([_table(r, items) for r in group]))
+        out.append({"lang": lang, "method": method, "setting": setting, "alpha": alpha, "jobs": len(group),
+                    "seeds": e.replications, "accuracy": e.mean, "low": e.low, "high": e.high})
+    return out
