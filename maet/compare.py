@@ -30,19 +30,21 @@ def short_setting(setting: str) -> str:
 
 def job_label(row: dict, rows: list[dict]) -> str:
     """`maet ablation=no_subtract`: the method and the swept setting, with alpha and seed where
-    they vary across the sweep's jobs."""
+    they vary between jobs of that method and setting."""
     parts = [row["method"], short_setting(row["setting"]) if row["setting"] else ""]
+    same = [r for r in rows if (r["method"], r["setting"]) == (row["method"], row["setting"])]
     for key in ("alpha", "seed"):
-        if len({r[key] for r in rows}) > 1:
+        if len({r[key] for r in same}) > 1:
             parts.append(f"{key}={row[key]}")
     return " ".join(p for p in parts if p)
 
 
 def matches(row: dict, compare_to: str) -> bool:
-    """Whether a job is the one `report.compare_to` names: its label, its method, or one of its swept
-    `key=value` pairs or values (`ablation=default` or `default`)."""
-    pairs = row["setting"].split()
-    return compare_to in (row["label"], row["method"], *pairs, *(p.split("=", 1)[1] for p in pairs))
+    """Whether a job is one that `report.compare_to` names: every word of it is a word of the job's
+    label or the value of one (`maet`, `ablation=default`, `default`, `alpha=0.0`, `maet alpha=1.0`)."""
+    words = row["label"].split()
+    words += [w.split("=", 1)[1] for w in words if "=" in w]
+    return all(w in words for w in compare_to.split())
 
 
 def comparisons(rows: list[dict], compare_to: str | None = None) -> tuple[list[dict], str]:
@@ -51,8 +53,8 @@ def comparisons(rows: list[dict], compare_to: str | None = None) -> tuple[list[d
     against every other, or the job(s) `compare_to` names against every other; Holm across all
     rows. The note says when `compare_to` names no job."""
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r.get("correct") and r["replications"]:
+    for r in rows:  # test-split jobs only: a dev split is for tuning, never for conclusions
+        if r.get("correct") and r["replications"] and r["split"] == "test":
             groups.setdefault((r["lang"], r["split"], r["replications"]), []).append(r)
     note = ""
     if compare_to and not any(matches(r, compare_to) for g in groups.values() for r in g):

@@ -35,8 +35,11 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "off
 
 
 def run_block(run_dir: Path) -> str:
-    """The job line and the models x languages table of a run (the first block of results.md)."""
-    return (run_dir / "results.md").read_text().split("\n\n")[0].strip()
+    """The job line, the models x languages table with its notes and the comparisons of a run
+    (results.md up to its stage table)."""
+    blocks = (run_dir / "results.md").read_text().split("\n\n")
+    shown = [b for b in blocks[:2] if not b.startswith("| stage")]
+    return "\n\n".join(shown).strip()
 
 
 def sweep_block(sweep_dir: Path) -> str:

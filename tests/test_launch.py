@@ -93,20 +93,33 @@ def test_default_world_run_prints_the_testbed_table(tmp_path):
         for lang in ("sw", "en"):
             cell = row[f"arith_{lang}"]
             assert len(cell["per_seed"]) == 2 and cell["low"] <= cell["mean"] <= cell["high"]
-    assert rows["base"]["arith_sw"]["per_seed"][0] == rows["base"]["arith_sw"]["per_seed"][1]  # θ0 has no seed
+    # a replication redraws the base: its own pre-training seed, key and evaluation
+    assert [(r["seed"], r["base_seed"]) for r in summary["replications"]] == [(0, 0), (1, 1)]
+    assert len({r["base"] for r in summary["replications"]}) == 2 and summary["base_random"]
     paired = rows["maet"]["vs_language_only"]
     assert paired["n"] == 2 * (16 - 4) and 0 <= paired["p"] <= 1 and paired["low"] <= paired["diff"] <= paired["high"]  # 4 of the 16 are dev
     assert "vs_base" in rows["maet"] and "vs_base" not in rows["base"]
     assert paired["diff"] == pytest.approx(rows["maet"]["arith_sw"]["mean"] - rows["language_only"]["arith_sw"]["mean"])
-    for stage in ("base", "locate", "ability", "language", "oracle", "locate/seed1", "ability/seed1", "oracle/seed1"):
+    for stage in ("base", "locate", "ability", "language", "oracle", "base/seed1", "locate/seed1", "ability/seed1",
+                  "oracle/seed1", "evaluate/base/seed1"):
         assert summary["stages"][stage]["cached"] is False, stage
-    assert summary["stages"]["base"]["train_tokens"] == 4096
+    assert summary["stages"]["base"]["train_tokens"] == summary["stages"]["base/seed1"]["train_tokens"] == 4096
     assert summary["stages"]["oracle"]["train_tokens"] == 256
-    assert "evaluate/base/seed1" in summary["stages"] and summary["stages"]["evaluate/base/seed1"]["cached"]
-    assert "arith_sw % [95% CI]" in proc.stdout and "oracle" in proc.stdout and "vs language_only" in proc.stdout
+    # the method against every other model, Holm-adjusted, and the estimator named under the table
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [("maet", m) for m in ("base", "ability", "language_only", "oracle")]
+    assert all(c["p"] <= c["p_holm"] <= 1 for c in summary["comparisons"])
+    assert "arith_sw % [95% CI]" in proc.stdout and "maet − language_only" in proc.stdout and "p (Holm)" in proc.stdout
+    assert "crossed random factors" in proc.stdout and "own base pre-training (base seeds 0..1)" in proc.stdout
     assert (tmp_path / "run" / "results.md").read_text().startswith("MAET job")
     assert "peak RSS MiB" in proc.stdout and summary["stages"]["ability"]["peak_rss_mib"] > 0
     assert 0 < summary["stages"]["ability"]["optimizer_mib"] < summary["stages"]["oracle"]["optimizer_mib"]
+
+    # report.shared_base=true: both replications on base seed 0 (from the cache), labelled as such
+    proc = launch(*SMALL, "report.seeds=2", "report.shared_base=true", f"paths.cache_dir={tmp_path / 'cache'}",
+                  "tracker=none", f"hydra.run.dir={tmp_path / 'shared'}", cwd=tmp_path)
+    shared = json.loads((tmp_path / "shared" / "metrics.json").read_text())
+    assert [r["base"] for r in shared["replications"]] == [summary["replications"][0]["base"]] * 2
+    assert shared["stages"]["evaluate/base/seed1"]["cached"] and "variance is not in these intervals" in proc.stdout
 
 
 def test_user_sweep_computes_ability_once_and_language_once_per_language(tmp_path):
