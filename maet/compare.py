@@ -1,7 +1,9 @@
 """Paired comparisons between the jobs of a sweep: jobs of one language and split that ran the
 same replications (stage seeds and bases) are compared on their common items, each against every
 other or against the job `report.compare_to` names, with Holm's adjustment across the table;
-and jobs that differ only in `seed` pooled as more replications of one setting.
+and jobs that differ only in `seed` pooled as more replications of one setting. Also: whether two
+runs of one job agree within their intervals (`python -m maet.compare RUN_A RUN_B`, e.g. a rerun
+on another CPU against the README's run).
 """
 
 from __future__ import annotations
@@ -111,3 +113,51 @@ def pooled(rows: list[dict]) -> list[dict]:
         out.append({"lang": lang, "method": method, "setting": setting, "alpha": alpha, "jobs": len(group),
                     "seeds": e.replications, "accuracy": e.mean, "low": e.low, "high": e.high})
     return out
+
+
+# ----------------------------------------------------------------------------- two runs of one job
+def interval_agreement(a: dict, b: dict) -> list[dict]:
+    """Every (model, metric) accuracy cell the two jobs' metrics.json share, with both 95%
+    intervals and whether they overlap (two honest intervals of one quantity nearly always do:
+    a rerun on another CPU is one more draw of the same experiment)."""
+    theirs = {r["model"]: r for r in b["testbed"]}
+    out = []
+    for row in a["testbed"]:
+        other = theirs.get(row["model"], {})
+        for metric, cell in row.items():
+            if isinstance(cell, dict) and "mean" in cell and isinstance(other.get(metric), dict):
+                o = other[metric]
+                out.append({"model": row["model"], "metric": metric, "a": cell, "b": o,
+                            "overlap": cell["low"] <= o["high"] and o["low"] <= cell["high"]})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`python -m maet.compare RUN_A RUN_B`: do the intervals of two runs of one job overlap?
+    Exit code 1 when a cell's do not."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from maet.stats import interval_text
+
+    parser = argparse.ArgumentParser(prog="python -m maet.compare", description=main.__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs=2, type=Path, help="two run dirs (or their metrics.json)")
+    args = parser.parse_args(argv)
+    a, b = (json.loads((p / "metrics.json" if p.is_dir() else p).read_text()) for p in args.runs)
+    rows = interval_agreement(a, b)
+    print(tabulate([[r["model"], r["metric"], interval_text(r["a"]["mean"], r["a"]["low"], r["a"]["high"]),
+                     interval_text(r["b"]["mean"], r["b"]["low"], r["b"]["high"]), "yes" if r["overlap"] else "NO"]
+                    for r in rows], headers=["model", "metric", "run A % [95% CI]", "run B % [95% CI]", "overlap"],
+                   tablefmt="github"))
+    disagree = [r for r in rows if not r["overlap"]]
+    print(f"{len(rows) - len(disagree)} of {len(rows)} intervals overlap")
+    return 1 if disagree else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -105,6 +105,22 @@ def test_jobs_are_compared_pairwise_on_the_same_replications_with_holm(tmp_path)
     assert "maet seed=0" in (sweep / "comparisons.csv").read_text()
 
 
+def test_two_runs_agree_when_every_interval_overlaps(tmp_path, capsys):
+    def run(folder: str, low: float, high: float) -> Path:
+        summary = fake_summary("sw", "maet", 1.0, 0, [0.3])
+        summary["testbed"][0]["arith_sw"] |= {"low": low, "high": high}
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(summary))
+        return tmp_path / folder
+
+    a, b, c = run("a", 0.10, 0.30), run("b", 0.29, 0.50), run("c", 0.31, 0.50)
+    cells = compare.interval_agreement(json.loads((a / "metrics.json").read_text()),
+                                       json.loads((c / "metrics.json").read_text()))
+    assert {(x["model"], x["metric"], x["overlap"]) for x in cells} == {("maet", "arith_sw", False), ("maet", "arith_en", True)}
+    assert compare.main([str(a), str(b)]) == 0 and "2 of 2 intervals overlap" in capsys.readouterr().out
+    assert compare.main([str(a), str(c)]) == 1 and "NO" in capsys.readouterr().out
+
+
 def test_references_are_listed_once_per_distinct_row(tmp_path):
     def with_refs(ability: float) -> dict:
         summary = fake_summary("sw", "maet", 1.0, 0, [0.3])
