@@ -14,7 +14,7 @@ from maet.stats import accuracy, adjust_rows, paired_difference
 from maet.summary import comparisons_table, unbits
 
 COMPARISON_COLUMNS = ["lang", "a", "b", "a_job", "b_job", "diff", "low", "high", "p", "p_holm", "se", "df",
-                      "replications", "n", "wins", "losses", "resolves", "resolves_holm"]
+                      "replications", "n", "wins", "losses", "resolves", "resolves_holm", "family"]
 
 
 def short_setting(setting: str) -> str:
@@ -52,8 +52,8 @@ def matches(row: dict, compare_to: str) -> bool:
 def comparisons(rows: list[dict], compare_to: str | None = None) -> tuple[list[dict], str]:
     """(paired differences between the sweep's jobs, a note): jobs of one language and split that
     ran the same replications (stage seeds and bases) are compared on their common items, each
-    against every other, or the job(s) `compare_to` names against every other; Holm across all
-    rows. The note says when `compare_to` names no job."""
+    against every other, or the job(s) `compare_to` names against every other; Holm across the
+    rows of each language (the table it is shown in). The note says when `compare_to` names no job."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:  # test-split jobs only: a dev split is for tuning, never for conclusions
         if r.get("correct") and r["replications"] and r["split"] == "test":
@@ -73,7 +73,9 @@ def comparisons(rows: list[dict], compare_to: str | None = None) -> tuple[list[d
             items = sorted(set(a["correct"][0]) & set(b["correct"][0]))
             out.append({"lang": lang, "a": a["label"], "b": b["label"], "a_job": a["job"], "b_job": b["job"],
                         **paired_difference(_table(a, items), _table(b, items))})
-    return adjust_rows(out), note
+    for lang in dict.fromkeys(c["lang"] for c in out):
+        adjust_rows([c for c in out if c["lang"] == lang])
+    return out, note
 
 
 def _table(row: dict, items: list[str]):
@@ -89,7 +91,8 @@ def comparisons_markdown(compared: list[dict], note: str) -> str:
     text = f"\n\n{note}" if note else ""
     if not compared:
         return text
-    text += "\n\nPaired differences between the jobs (same language, replications and items; Holm across all rows):"
+    text += ("\n\nPaired differences between the jobs (same language, replications and items; Holm across "
+             "each language's rows):")
     for lang in sorted({c["lang"] for c in compared}):
         text += f"\n\n{lang}:\n" + comparisons_table([c for c in compared if c["lang"] == lang], "accuracy")
     return text

@@ -161,7 +161,7 @@ def references_markdown(refs: list[dict]) -> str:
     body = [[r["lang"], r["model"], r["seeds"], interval_text(r["accuracy"], r["low"], r["high"]), percent(r["english"]),
              f"all {r['lang']}" if set(r["jobs"]) == every[r["lang"]] else ", ".join(r["jobs"])] for r in refs]
     return "\n\nReferences evaluated by the jobs (report.references; identical rows shown once):\n" + tabulate(
-        body, headers=["lang", "model", "seeds", "accuracy % [95% CI]", "English %", "jobs"], tablefmt="github")
+        body, headers=["lang", "model", "replications", "accuracy % [95% CI]", "English %", "jobs"], tablefmt="github")
 
 
 
@@ -190,7 +190,7 @@ def markdown(rows: list[dict], failed: list[str]) -> str:
              interval_text(r["accuracy"], r["low"], r["high"]),
              _paired(r),
              percent(r["english"]), f"{r['train_tokens']:,}", f"{r['vs_cpt_all']:.2f}"] for r in rows]
-    headers = ["lang", "method", *(["setting"] if show_setting else []), "alpha", "seed", "seeds",
+    headers = ["lang", "method", *(["setting"] if show_setting else []), "alpha", "seed", "replications",
                "accuracy % [95% CI]", "Δ vs language_only [95% CI]", "English %", "train tokens", "compute / cpt_all"]
     text = tabulate(body, headers=headers, tablefmt="github") + "\n" + intervals_lines(rows)
     dev = [r["job"] for r in rows if r["split"] == "dev"]
@@ -201,7 +201,7 @@ def markdown(rows: list[dict], failed: list[str]) -> str:
         text += "\n\nPooled over jobs that differ only in seed:\n" + tabulate(
             [[p["lang"], p["method"], *setting(p), p["alpha"], p["jobs"], p["seeds"],
               interval_text(p["accuracy"], p["low"], p["high"])] for p in pool],
-            headers=["lang", "method", *(["setting"] if show_setting else []), "alpha", "jobs", "seeds",
+            headers=["lang", "method", *(["setting"] if show_setting else []), "alpha", "jobs", "replications",
                      "accuracy % [95% CI]"], tablefmt="github")
     if failed:
         text += "\n\nFailed jobs (no metrics.json):\n" + "\n".join(f"- {f}" for f in failed)

@@ -129,6 +129,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
     else:
         se, df, components = crossed_se(d)
         e = _t_estimate(float(d.mean()), se, df, n_rep, n_items, components)
+    e.low, e.high = max(-1.0, e.low), min(1.0, e.high)  # a difference of proportions lies in [-1, 1]
     return {"diff": e.mean, "low": e.low, "high": e.high, "p": e.p, "se": e.se, "df": e.df,
             "replications": n_rep, "n": d.size, "wins": wins, "losses": losses,
             "resolves": min_detectable(e.se, e.df)}
@@ -153,10 +154,10 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def adjust_rows(rows: list[dict]) -> list[dict]:
     """The comparisons of one table (dicts of `paired_difference`), with `p_holm` (Holm across the
-    rows) and `resolves_holm`: the difference detected with 80% power at Holm's strictest step
-    (two-sided 0.05 / number of rows)."""
+    rows), `family` (their number) and `resolves_holm`: the difference detected with 80% power at
+    Holm's strictest step (two-sided 0.05 / number of rows)."""
     for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
-        row["p_holm"] = adjusted
+        row["p_holm"], row["family"] = adjusted, len(rows)
         row["resolves_holm"] = min_detectable(row["se"], row["df"], alpha=0.05 / len(rows))
     return rows
 

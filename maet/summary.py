@@ -241,7 +241,8 @@ def resolution_line(rows: list[dict]) -> str:
 
     return (f"Resolution (80% power, from each row's measured variance components): a true difference of "
             f"{span('resolves')} points at p < 0.05 for one comparison, {span('resolves_holm')} points at Holm's "
-            f"strictest step (p < 0.05/{len(rows)}); a row whose interval spans 0 does not resolve its difference.")
+            f"strictest step (p < 0.05/{rows[0].get('family', len(rows))}); a row whose interval spans 0 does not "
+            f"resolve its difference.")
 
 
 def stage_table(summary: dict) -> str:
@@ -269,7 +270,7 @@ def _mean_text(values: list[float | None]) -> str:
 def results_table(summary: dict) -> str:
     """The human-readable end of a run: models x languages, then the stages."""
     head = (f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} "
-            f"beta={summary['beta']} model={summary['model']} seeds={summary['seeds']} (from {summary['seed']})")
+            f"beta={summary['beta']} model={summary['model']} replications={summary['seeds']} (seeds from {summary['seed']})")
     lines = [head, testbed_table(summary), intervals_note(summary)]
     if summary.get("comparisons"):
         lines += ["", comparisons_table(summary["comparisons"], summary["headline"])]

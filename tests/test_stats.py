@@ -32,7 +32,8 @@ def test_mean_squares_and_standard_error_by_hand():
     assert e.mean == pytest.approx(0.5) and (e.low, e.high) == (0.0, 1.0)  # ± t(0.975, 1.5) = 6.02 se: clipped
     assert e.replications == 2 and e.items == 3
     d = paired_difference(TABLE, np.zeros_like(TABLE))  # the same table as differences from a model that never scores
-    assert d["diff"] == pytest.approx(0.5) and d["high"] == pytest.approx(0.5 + 6.0166631 * math.sqrt(1 / 12))
+    assert d["diff"] == pytest.approx(0.5) and (d["se"], d["df"]) == pytest.approx((math.sqrt(1 / 12), 1.5))
+    assert (d["low"], d["high"]) == (-1.0, 1.0)  # 0.5 ± 6.02 se, clipped to what a difference of proportions can be
 
 
 def test_one_replication_is_over_items_only():
@@ -46,7 +47,7 @@ def test_one_replication_is_over_items_only():
     assert r["diff"] == pytest.approx(0.5) and r["p"] == pytest.approx(0.125)
     d = a[0] - b[0]
     half = 2.2621572 * d.std(ddof=1) / math.sqrt(10)  # t(0.975, 9) * sd / sqrt(n)
-    assert (r["low"], r["high"]) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-6)
+    assert (r["low"], r["high"]) == pytest.approx((0.5 - half, min(1.0, 0.5 + half)), abs=1e-6)  # clipped at +1
     same = paired_difference(a, a)
     assert same["diff"] == 0 and same["p"] == 1.0
 
