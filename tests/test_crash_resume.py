@@ -219,4 +219,5 @@ def test_a_tracker_raising_mid_run_costs_one_warning_not_the_job(tmp_path, monke
     assert run.finished  # still closed
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert summary["random_seeds"] == {"seed": 0, "report.seeds": 1, "eval.seed": 1234, "world.seed": 0,
-                                       "model.scratch.seed": 0}
+                                       "model.scratch.seed": 0, "report.shared_base": False}
+    assert [(r["seed"], r["base_seed"]) for r in summary["replications"]] == [(0, 0)]
