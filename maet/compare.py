@@ -61,7 +61,8 @@ def comparisons(rows: list[dict], compare_to: str | None = None) -> tuple[list[d
     note = ""
     if compare_to and not any(matches(r, compare_to) for g in groups.values() for r in g):
         labels = sorted({r["label"] for g in groups.values() for r in g})
-        note = f"report.compare_to={compare_to} names no job of this sweep (labels: {', '.join(labels)}); every pair compared instead."
+        note = (f"report.compare_to={compare_to} names no job of this sweep (labels: {', '.join(labels)}); "
+                "every pair compared instead.")
         compare_to = None
     out = []
     for (lang, _, _), group in groups.items():

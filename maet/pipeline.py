@@ -39,7 +39,8 @@ class Testbed:
 
     def __init__(self, variants: list[str]):
         self.metrics: dict[str, list[dict]] = {v: [] for v in variants}
-        self.items: dict[str, dict[str, list[dict[str, float]]]] = {v: {} for v in variants}  # variant -> lang -> per replication
+        # variant -> eval language -> per replication: item -> correct
+        self.items: dict[str, dict[str, list[dict[str, float]]]] = {v: {} for v in variants}
         self.predictions: list[dict] = []
         self.first: tuple | None = None  # (similarity, kept, artifacts) of the method's first seed
         self.regime: dict = {}  # maet.regime's measures of the first seed

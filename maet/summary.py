@@ -270,7 +270,8 @@ def _mean_text(values: list[float | None]) -> str:
 def results_table(summary: dict) -> str:
     """The human-readable end of a run: models x languages, then the stages."""
     head = (f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} "
-            f"beta={summary['beta']} model={summary['model']} replications={summary['seeds']} (seeds from {summary['seed']})")
+            f"beta={summary['beta']} model={summary['model']} replications={summary['seeds']} "
+            f"(seeds from {summary['seed']})")
     lines = [head, testbed_table(summary), intervals_note(summary)]
     if summary.get("comparisons"):
         lines += ["", comparisons_table(summary["comparisons"], summary["headline"])]

@@ -106,7 +106,8 @@ def test_default_world_run_prints_the_testbed_table(tmp_path):
     assert summary["stages"]["base"]["train_tokens"] == summary["stages"]["base/seed1"]["train_tokens"] == 4096
     assert summary["stages"]["oracle"]["train_tokens"] == 256
     # the method against every other model, Holm-adjusted, and the estimator named under the table
-    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [("maet", m) for m in ("base", "ability", "language_only", "oracle")]
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == \
+        [("maet", m) for m in ("base", "ability", "language_only", "oracle")]
     assert all(c["p"] <= c["p_holm"] <= 1 for c in summary["comparisons"])
     assert "arith_sw % [95% CI]" in proc.stdout and "maet − language_only" in proc.stdout and "p (Holm)" in proc.stdout
     assert "crossed random factors" in proc.stdout and "own base pre-training (base seeds 0..1)" in proc.stdout

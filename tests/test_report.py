@@ -116,7 +116,8 @@ def test_two_runs_agree_when_every_interval_overlaps(tmp_path, capsys):
     a, b, c = run("a", 0.10, 0.30), run("b", 0.29, 0.50), run("c", 0.31, 0.50)
     cells = compare.interval_agreement(json.loads((a / "metrics.json").read_text()),
                                        json.loads((c / "metrics.json").read_text()))
-    assert {(x["model"], x["metric"], x["overlap"]) for x in cells} == {("maet", "arith_sw", False), ("maet", "arith_en", True)}
+    assert {(x["model"], x["metric"], x["overlap"]) for x in cells} == \
+        {("maet", "arith_sw", False), ("maet", "arith_en", True)}
     assert compare.main([str(a), str(b)]) == 0 and "2 of 2 intervals overlap" in capsys.readouterr().out
     assert compare.main([str(a), str(c)]) == 1 and "NO" in capsys.readouterr().out
 
