@@ -111,14 +111,6 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
     return rows, failed
 
 
-
-
-
-
-
-
-
-
 def job_references(summary: dict) -> list[dict]:
     """The models a job evaluated beside its method (`report.references`): model, seeds, headline
     accuracy with its interval, English accuracy."""
@@ -164,16 +156,10 @@ def references_markdown(refs: list[dict]) -> str:
         body, headers=["lang", "model", "replications", "accuracy % [95% CI]", "English %", "jobs"], tablefmt="github")
 
 
-
-
-
-
 def _paired(r: dict) -> str:
     if r["vs_language_only"] is None:
         return ""
     return f"{interval_text(r['vs_language_only'], r['vs_low'], r['vs_high'], signed=True)} {p_text(r['vs_p'])}"
-
-
 
 
 def intervals_lines(rows: list[dict]) -> str:
