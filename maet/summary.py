@@ -69,6 +69,14 @@ def score_table(runs: list[dict[str, float]], items: list[str]) -> np.ndarray:
     return np.array([[run[i] for i in items] for run in runs], dtype=float)
 
 
+def target_tables(s: Settings, result: JobResult) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(item ids every model scored in every replication, model -> its `[replications, items]` 0/1
+    table over them) in the target language: what every paired comparison of a job reads."""
+    target = {v: result.items[v][s.lang.code] for v in result.items}
+    items = common_items(list(target.values()))
+    return items, {v: score_table(runs, items) for v, runs in target.items()}
+
+
 def bits(table: np.ndarray) -> list[str]:
     """A 0/1 table as one string of digits per replication (metrics.json's compact form)."""
     return ["".join("1" if x else "0" for x in row) for row in table]
@@ -84,8 +92,7 @@ def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
     replications x items, `maet.stats`), the paired difference in the target language against the
     base and the language-only model (same replications and items), and held-out bits per byte."""
     rows = []
-    target = {v: result.items[v][s.lang.code] for v in result.items}
-    target_items = common_items(list(target.values()))
+    _, target = target_tables(s, result)
     for variant, runs in result.testbed.items():
         row = {"model": variant, "seeds": len(runs)}
         for code in s.eval.langs:
@@ -96,8 +103,7 @@ def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
                          "per_seed": [r[name] for r in runs], "se": estimate.se, "df": estimate.df}
         for ref in PAIRED_WITH:
             if ref in target and ref != variant:
-                row[f"vs_{ref}"] = paired_difference(score_table(target[variant], target_items),
-                                                     score_table(target[ref], target_items))
+                row[f"vs_{ref}"] = paired_difference(target[variant], target[ref])
         bpb = f"heldout_{s.lang.code}/bits_per_byte"
         if bpb in runs[0]:
             row[bpb] = sum(r[bpb] for r in runs) / len(runs)
@@ -150,20 +156,17 @@ def comparisons(s: Settings, result: JobResult) -> list[dict]:
     """The method against every other evaluated model in the target language, on the same
     replications and items: difference, 95% interval, p and Holm's p across these rows, and the
     smallest difference each comparison resolves (80% power)."""
-    target = {v: result.items[v][s.lang.code] for v in result.items}
-    items = common_items(list(target.values()))
+    _, target = target_tables(s, result)
     method = s.method.name
-    return adjust_rows([{"a": method, "b": other, **paired_difference(score_table(target[method], items),
-                                                                      score_table(target[other], items))}
+    return adjust_rows([{"a": method, "b": other, **paired_difference(target[method], target[other])}
                         for other in target if other != method])
 
 
 def correct_record(s: Settings, result: JobResult) -> dict:
     """Per-item correctness in the target language of every evaluated model, as one string of 0/1
     per replication over `items` (what the sweep report pairs across jobs)."""
-    target = {v: result.items[v][s.lang.code] for v in result.items}
-    items = common_items(list(target.values()))
-    return {"items": items, "models": {v: bits(score_table(runs, items)) for v, runs in target.items()}}
+    items, target = target_tables(s, result)
+    return {"items": items, "models": {v: bits(table) for v, table in target.items()}}
 
 
 def job_summary(s: Settings, result: JobResult) -> dict:
