@@ -13,14 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import load
 from maet import backends, export
 from maet.config import PROJECT_ROOT
-from maet.methods import METHODS, Deltas
+from maet.methods import METHODS
 from maet.settings import ConfigError, EvalSettings
 from maet.types import unpack_rows
 from test_launch import LEAN, SMALL
 
 
 @pytest.mark.slow
-def test_saved_model_is_the_evaluated_model(tmp_path):
+def test_saved_model_is_the_merge_formula_on_the_jobs_artifacts(tmp_path):
     cache, run = tmp_path / "cache", tmp_path / "run"
     args = [*SMALL, *LEAN, "tracker=none", "save.model=true", "merge.alpha=0.5", "merge.beta=0.75",
             "transfer.select=threshold",  # a selection that keeps some tensors and leaves others
@@ -39,12 +39,20 @@ def test_saved_model_is_the_evaluated_model(tmp_path):
     theta0 = {n: p.detach() for n, p in base.named_parameters() if ".layers." in n}
     language = load_file(cache / "language" / stages["language"]["key"] / "tensors.safetensors")
     ability = unpack_rows(load_file(cache / "ability" / stages["ability"]["key"] / "tensors.safetensors"))
-    record = json.loads((folder / "maet_merge.json").read_text())
-    kept = record["kept"]
+    # M_T by the rule written out: tensors whose R(A), scattered into its tensor, has a cosine < 0 with R(Lj)
+    dense = {n: torch.zeros_like(language[n]).index_copy(0, rows, values) for n, (rows, values) in ability.items()}
+    cosine = {n: float(torch.nn.functional.cosine_similarity(d.double().flatten(), language[n].double().flatten(), dim=0))
+              for n, d in dense.items()}
+    kept = {n for n, c in cosine.items() if c < 0}
     assert 0 < len(kept) < len(ability)  # the test covers tensors transferred and left out
-    kept_rows = {n: ability[n] for n in kept}
-    merged = METHODS["maet"](Deltas(theta0, language, ability, kept_rows), {"alpha": 0.5, "beta": 0.75})
-    expected = {n: merged.get(n, p.detach()) for n, p in base.named_parameters()}
+    record = json.loads((folder / "maet_merge.json").read_text())
+    assert sorted(record["kept"]) == sorted(kept)
+    expected = {n: p.detach().clone() for n, p in base.named_parameters()}
+    for n in theta0:  # θ0 + 0.75·R(Lj) + 0.5·(M_T ⊙ R(A)), in fp32 (the base's dtype here)
+        expected[n] = theta0[n] + 0.75 * language[n] if n in language else expected[n]
+        if n in kept:
+            rows, values = ability[n]
+            expected[n][rows] += 0.5 * values
     got = dict(saved.named_parameters())
     assert expected.keys() == got.keys()
     for name, value in expected.items():

@@ -28,7 +28,8 @@ def _inputs(dtype=torch.float32, **params):
     g = torch.Generator().manual_seed(9)
     full = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
     cpt = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
-    return Deltas(base, language, ability, ability, full, cpt), PARAMS | params
+    transferred = {W0: ability[W0], W2: (ability[W2][0][:1], ability[W2][1][:1])}  # M_T: a strict subset
+    return Deltas(base, language, ability, transferred, full, cpt), PARAMS | params
 
 
 def _apply(base, weights):
@@ -40,7 +41,9 @@ def test_alpha_zero_gives_exactly_the_language_model(dtype):
     base, language, ability = _world(dtype=dtype)
     merged = _apply(base, transfer.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=1.0))
     language_model = _apply(base, METHODS["language_only"](Deltas(base, language, ability, {}), {}))
-    assert all(torch.equal(merged[n], language_model[n]) for n in base)
+    for n in base:  # θ0 + R(Lj), written out: the sum in fp32, cast to θ0's dtype once
+        expected = (base[n].float() + language[n]).to(dtype)
+        assert torch.equal(merged[n], expected) and torch.equal(language_model[n], expected), n
     assert not torch.equal(language_model[W0], base[W0])
 
 

@@ -1,0 +1,107 @@
+"""The stage wiring on a tiny built-in world (a base without pre-training, a few training steps):
+what the pipeline passes from stage to stage reaches the merge as METHOD.md says, replications
+are independent, and paired comparisons pair an item with itself. Expectations are trained or
+written out here, not taken from the code that wires the stages."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load
+from maet import base, context, extract, summary, world
+from maet.cache import ArtifactCache
+from maet.stages import seed_artifacts, transfer_stage, variant_weights
+from test_resident import SMALL
+
+FAST = [*SMALL, "train.batch_size=2", "train.seq_len=16", "locate.tokens=64", "extract.tokens=128",
+        "language.tokens=64", "report.seeds=1"]
+
+
+def _job(tmp_path, *overrides):
+    """(context, model, tokenizer, corpora, base key, θ0) of one replication of a tiny job."""
+    s = load(*FAST, f"paths.cache_dir={tmp_path}", *overrides)
+    ctx = context.Context(s, ArtifactCache(tmp_path), torch.device("cpu"), world.generate(s.world))
+    model, tokenizer, base_key, theta0 = base.resident_base(ctx)
+    return ctx, model, tokenizer, context.load_corpora(s, ctx.world, tokenizer), base_key, theta0
+
+
+def _dense(rows: torch.Tensor, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like, dtype=torch.float32).index_copy(0, rows, values)
+
+
+@pytest.mark.parametrize("general", ["subtract", "project"])
+def test_r_a_is_theta_a_less_the_model_trained_on_general_text(tmp_path, general):
+    ctx, model, tokenizer, corpora, key, _ = _job(tmp_path, f"extract.general={general}")
+    s = ctx.settings
+    a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
+    # θ_G trained here as METHOD.md says: the key rows, on English general text, θ_A's budget and lr
+    batches = context.batches(s, corpora.general, tokenizer, s.extract.tokens)
+    theta_g, _ = extract.train_rows(model, a.mask, batches, context.steps(s, s.extract.tokens), s.extract.lr, "θ_G",
+                                    **context.loop(s), optimizer=s.extract.optimizer)
+    for name, (rows, values) in a.ability.items():
+        ability, general_move = a.theta_a[name][1].double(), theta_g[name][1].double()
+        if general == "subtract":  # Eq. 2: θ_A − θ_G
+            expected = ability - general_move
+        else:  # θ_A − θ0 less its projection on θ_G − θ0, over the whole tensor's key rows
+            expected = ability - (ability * general_move).sum() / general_move.pow(2).sum() * general_move
+        assert torch.equal(rows, a.theta_a[name][0])
+        assert torch.allclose(values.double(), expected, atol=1e-6), name
+    assert any(theta_g[n][1].abs().max() > 0 for n in theta_g)  # θ_G moved: the subtraction matters
+    base.forget_resident()
+
+
+def test_without_general_subtraction_r_a_is_theta_a_minus_theta_0(tmp_path):
+    ctx, model, tokenizer, corpora, key, _ = _job(tmp_path, "extract.general=none")
+    a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
+    assert all(torch.equal(a.ability[n][1], a.theta_a[n][1]) for n in a.ability)
+    base.forget_resident()
+
+
+def test_the_merge_adds_only_the_rows_the_transfer_rule_kept(tmp_path):
+    ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, "transfer.select=ratio", "transfer.keep=0.5",
+                                                       "merge.alpha=0.7", "merge.beta=0.9")
+    a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
+    _, a.kept, a.transferred = transfer_stage(ctx, a.ability, a.language)
+    weights, _ = variant_weights("maet", ctx.settings, theta0, a)
+    # M_T written out: the half of the ability tensors with the lowest cosine of R(A) (scattered) and R(Lj)
+    cosine = {n: float(torch.nn.functional.cosine_similarity(
+        _dense(rows, values, a.language[n]).double().flatten(), a.language[n].double().flatten(), dim=0))
+        for n, (rows, values) in a.ability.items()}
+    kept = sorted(cosine, key=cosine.get)[:round(0.5 * len(cosine))]
+    assert 0 < len(kept) < len(cosine) and sorted(a.kept) == sorted(kept)
+    for name in set(a.language) | set(kept):
+        expected = theta0[name] + 0.9 * a.language[name]
+        if name in kept:
+            expected = expected + 0.7 * _dense(*a.ability[name], theta0[name])
+        assert torch.allclose(weights[name], expected, atol=1e-6), name
+    base.forget_resident()
+
+
+def test_replications_draw_their_own_batches_masks_deltas_and_base(tmp_path):
+    ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, "report.shared_base=true")
+    first = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
+    second_ctx = ctx.for_replication(1)  # the same base (shared): only the stage seed differs
+    second = seed_artifacts(second_ctx, model, tokenizer, corpora, key, ["maet"])
+    batch = [next(iter(context.batches(c.settings, corpora.language, tokenizer, 64))) for c in (ctx, second_ctx)]
+    assert not torch.equal(*batch)
+    assert any(not torch.equal(first.mask[n], second.mask[n]) for n in first.mask)
+    assert all(not torch.equal(first.language[n], second.language[n]) for n in first.language)
+    assert all(not torch.equal(first.theta_a[n][1], second.theta_a[n][1]) for n in first.theta_a)
+    own = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, report=dataclasses.replace(
+        ctx.settings.report, shared_base=False))).for_replication(1)
+    _, _, other_key, other_theta0 = base.resident_base(own)  # without shared_base: a base of its own
+    assert other_key != key and any(not torch.equal(theta0[n], other_theta0[n]) for n in theta0)
+    base.forget_resident()
+
+
+def test_paired_tables_align_items_by_id_whatever_their_order():
+    items = {"maet": {"sw": [{"q1": 1.0, "q2": 0.0, "q3": 1.0}, {"q3": 0.0, "q1": 1.0, "q2": 1.0}]},
+             "base": {"sw": [{"q3": 1.0, "q2": 1.0, "q1": 0.0, "q9": 1.0}, {"q2": 0.0, "q1": 0.0, "q3": 0.0}]}}
+    ids, tables = summary.target_tables(SimpleNamespace(lang=SimpleNamespace(code="sw")),
+                                        SimpleNamespace(items=items))
+    assert ids == ["q1", "q2", "q3"]  # q9: not scored by every model in every replication
+    np.testing.assert_array_equal(tables["maet"], [[1, 0, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(tables["base"], [[0, 1, 1], [0, 0, 0]])
