@@ -314,9 +314,8 @@ def _languages(s: Settings) -> None:
     if reads_data_dir(s):
         _check("paths.data_dir", s.paths.data_dir, Path(s.paths.data_dir).is_dir(), "an existing directory")
     world_corpora = _world(s.world)
-    _corpus("ability.corpus", s.ability.corpus, world_corpora)
-    _corpus("source_lang.corpus", s.source_lang.corpus, world_corpora)
-    _corpus("lang.corpus", s.lang.corpus, world_corpora)
+    for key, corpus in (("ability", s.ability), ("source_lang", s.source_lang), ("lang", s.lang)):
+        _corpus(f"{key}.corpus", corpus.corpus, world_corpora)
     _script("source_lang.corpus", s.source_lang)
     _script("lang.corpus", s.lang)
 
@@ -328,6 +327,7 @@ def _model(m: ModelSettings) -> None:
             _check("model.path", m.path, Path(m.path).is_dir(), "an existing model folder")
             _local_model(m)
         return
+    _check("model.gguf_file", m.gguf_file, not m.gguf_file, "null with model.source=scratch (GGUF: hub / local models)")
     sc = m.scratch
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                  "num_kv_heads", "max_position_embeddings", "tokenizer_max_docs"):

@@ -53,6 +53,7 @@ def test_shared_data_config_is_valid():
     ("experiment=shared_data paths.data_dir=/nonexistent/data", "paths.data_dir", "existing directory"),
     ("experiment=shared_data lang.corpus.path=/nonexistent.txt", "lang.corpus.path", "existing file"),
     ("model.scratch.hidden_size=30", "model.scratch.hidden_size", "multiple"),
+    ("model.gguf_file=model.gguf", "model.gguf_file", "null with model.source=scratch"),
     ("tracker.mode=loud", "tracker.mode", "offline, online, disabled"),
     ("locate.ratio=abc", "locate.ratio", "type"),
     ("method.name=maett", "method.name", "did you mean 'maet'?"),

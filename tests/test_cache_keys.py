@@ -1,0 +1,240 @@
+"""Cache-key completeness, derived from the schema and from what the stages read: every settings
+field a stage reads while it computes changes that stage's key, and a field no stage upstream of
+it reads changes nothing of its key (but the data it trains on, which enters by content).
+
+What a stage reads is traced, not listed by hand: the job's settings are copied into recording
+subclasses of their dataclasses, and every field read while the stage function runs is noted.
+Each stage runs once, from an empty cache, on a tiny world."""
+
+import dataclasses
+import enum
+import typing
+
+import pytest
+import torch
+
+from conftest import load
+from maet import base, context, keys, stages, world
+from maet.cache import ArtifactCache, artifact_key
+from maet import settings
+from maet.settings import ConfigError, Settings
+from maet.validate import validate
+from test_resident import SMALL
+
+READS: set[str] | None = None  # while a stage function runs: the settings fields it has read
+
+# The data a stage reads enters its key by content (the corpus or world fingerprint, the text the
+# scratch base is built from), so these fields change the key of every stage that trains on that
+# data without being read by the stage; changing them here would read files this test has not.
+DATA = ("world.", "ability.corpus.", "lang.corpus.", "source_lang.corpus.", "model.scratch.corpus",
+        "model.scratch.tokenizer_files")
+_RECORDING: dict[tuple[type, str], type] = {}
+
+
+def _recording_class(cls: type, path: str) -> type:
+    """A subclass of `cls` that notes reads of its fields as `path + name` (one class per path, so
+    that `dataclasses.replace` of an instance records under the same path)."""
+    if (cls, path) not in _RECORDING:
+        names = {f.name for f in dataclasses.fields(cls)}
+
+        def __getattribute__(self, name):
+            value = object.__getattribute__(self, name)
+            if READS is not None and name in names and not dataclasses.is_dataclass(value):
+                READS.add(path + name)
+            return value
+
+        _RECORDING[cls, path] = type(f"Recording{cls.__name__}", (cls,), {"__getattribute__": __getattribute__})
+    return _RECORDING[cls, path]
+
+
+def recording(obj, path: str = ""):
+    """A copy of a settings dataclass whose field reads are noted in READS (by dotted path)."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    copy = object.__new__(_recording_class(type(obj), path))
+    for f in dataclasses.fields(obj):
+        object.__setattr__(copy, f.name, recording(getattr(obj, f.name), f"{path}{f.name}."))
+    return copy
+
+
+def leaves(obj, path: str = "") -> list[str]:
+    """Dotted paths of every non-dataclass field of the schema (lists are leaves)."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out += leaves(value, f"{path}{f.name}.") if dataclasses.is_dataclass(value) else [path + f.name]
+    return out
+
+
+def changed(value, kind):
+    """Another value of the same kind (`kind`: the field's type in the schema)."""
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):  # loaded settings hold the value as a str
+        return next(m.value for m in kind if m.value != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, value[0] if value else "x"]
+    if isinstance(value, dict):
+        return {**value, "x": 1}
+    return "x" if str in typing.get_args(kind) else 7  # None: a value of the Optional's type
+
+
+def with_value(s, path: str, value):
+    """A copy of the settings with the field at `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    return dataclasses.replace(s, **{head: with_value(getattr(s, head), rest, value) if rest else value})
+
+
+def perturbed(s, path: str):
+    """A copy of the settings with the field at `path` changed."""
+    return with_value(s, path, alternatives(s, path)[0])
+
+
+UPSTREAM = {"base": [], "locate": ["base"], "ability": ["locate", "base"], "language": ["base"],
+            "oracle": ["base"], "ability_full": ["base"], "cpt_all": ["base"]}
+
+
+def stage_keys(s: Settings, inputs: dict[str, str] | None = None) -> dict[str, str]:
+    """Every stage's key as the stages build it: its config and its inputs' keys (R(Lj) trains all
+    block weights here, so it takes no mask). With `inputs` (stage -> key), each stage's inputs
+    are those keys: what the stage's own config holds, whatever its inputs hold."""
+    out = {"base": keys.base_artifact_key(s, torch.device("cpu"))}
+    up = inputs or out
+    out["locate"] = artifact_key("locate", keys.locate_config(s), {"base": up["base"]})
+    out["ability"] = artifact_key("ability", keys.ability_config(s), {"mask": up["locate"]})
+    out["language"] = artifact_key("language", keys.language_config(s), {"base": up["base"], "mask": None})
+    for stage in ("oracle", "ability_full", "cpt_all"):
+        out[stage] = artifact_key(stage, getattr(keys, f"{stage}_config")(s), {"base": up["base"]})
+    return out
+
+
+def _muted(fn):
+    """`fn` with recording off: what the key functions read is what the key holds, not a read of the stage."""
+    def call(*args, **kwargs):
+        global READS
+        held, READS = READS, None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            READS = held
+    return call
+
+
+class Job:
+    """The stages of one tiny job, each run on demand from an empty cache with any settings, on
+    the base, corpora and mask of the job's own settings."""
+
+    def __init__(self, tmp, s: Settings):
+        self.tmp, self.s, self.world, self.runs = tmp, s, world.generate(s.world), 0
+        self.reads: dict[str, set[str]] = {}
+        self.model, self.tokenizer, self.base_key = self._call(base.base_model, s, self.reads.setdefault("base", set()))
+        self.corpora = context.load_corpora(s, self.world, self.tokenizer)
+        self.out = {"base": self._weights(self.model)}
+        for stage in STAGES[1:]:
+            self.out[stage] = self.run(stage, s, self.reads.setdefault(stage, set()))
+
+    def _call(self, fn, s: Settings, reads: set[str] | None, *args):
+        global READS
+        self.runs += 1
+        ctx = context.Context(recording(s), ArtifactCache(self.tmp / f"run{self.runs}"), torch.device("cpu"), self.world)
+        READS = reads
+        try:
+            return fn(ctx, *args)
+        finally:
+            READS = None
+
+    @staticmethod
+    def _weights(model) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def run(self, stage: str, s: Settings, reads: set[str] | None = None) -> dict:
+        """The stage's artifact (tensors by name) computed with settings `s`."""
+        if stage == "base":
+            return self._weights(self._call(base.base_model, s, reads)[0])
+        common = (self.model, self.tokenizer, self.corpora)
+        if stage == "locate":
+            return self._call(stages.locate_stage, s, reads, *common, self.base_key)[0]
+        mask, mask_key = self.out["locate"], stage_keys(self.s)["locate"]
+        if stage == "ability":
+            delta, theta_a, _ = self._call(stages.ability_stage, s, reads, *common, mask, mask_key)
+            return {**delta, **{("theta_a", n): v for n, v in theta_a.items()}}
+        if stage == "language":
+            return self._call(stages.language_stage, s, reads, *common, self.base_key, mask, mask_key)[0]
+        return self._call(getattr(stages, f"{stage}_stage"), s, reads, *common, self.base_key)[0]
+
+
+STAGES = list(UPSTREAM)
+
+
+def same(a: dict, b: dict) -> bool:
+    flat = [(x if isinstance(x, tuple) else (x,), y if isinstance(y, tuple) else (y,)) for x, y in
+            ((a[k], b[k]) for k in a)] if a.keys() == b.keys() else None
+    return flat is not None and all(len(x) == len(y) and all(torch.equal(u, v) for u, v in zip(x, y)) for x, y in flat)
+
+
+def alternatives(s, path: str) -> list:
+    """Other values of the field at `path`: every other member of an enum, else one changed value."""
+    *parents, name = path.split(".")
+    owner = s
+    for parent in parents:
+        owner = getattr(owner, parent)
+    kind = typing.get_type_hints(type(owner), vars(settings))[name]
+    value = getattr(owner, name)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return [m.value for m in kind if m.value != value]
+    return [changed(value, kind)]
+
+
+def valid(s: Settings) -> bool:
+    """Whether launch.py would run these settings (a change it rejects never reaches a stage)."""
+    try:
+        validate(s)
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    s = load(*SMALL, "model.scratch.pretrain_tokens=64", "train.batch_size=2", "train.seq_len=16",
+             "locate.tokens=64", "extract.tokens=64", "language.tokens=64", "oracle.tokens=64", "report.seeds=1",
+             f"paths.cache_dir={tmp_path_factory.mktemp('keys')}")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("base_artifact_key", "locate_config", "ability_config", "language_config", "oracle_config",
+                     "ability_full_config", "cpt_all_config"):
+            patch.setattr(keys, name, _muted(getattr(keys, name)))
+        yield Job(tmp_path_factory.mktemp("runs"), s)
+
+
+def test_a_field_a_stage_reads_changes_its_own_key_or_leaves_its_artifact_bit_identical(job):
+    """A stage that read a field whose change leaves its key alone would serve a stale artifact
+    from the cache; every such change is made here and the stage recomputed. The key is the
+    stage's own (its inputs' keys held): a stage does not rely on an upstream key for what it reads."""
+    before, stale = stage_keys(job.s), []
+    for stage in STAGES:
+        for path in sorted(f for f in job.reads[stage] if not f.startswith(DATA)):
+            for value in alternatives(job.s, path):
+                s = with_value(job.s, path, value)
+                if not valid(s) or stage_keys(s, inputs=before)[stage] != before[stage]:
+                    continue
+                try:
+                    if not same(job.run(stage, s), job.out[stage]):
+                        stale.append(f"{stage}: {path}={value!r}")
+                except Exception as err:  # noqa: BLE001 (a valid change that breaks the stage is read too)
+                    stale.append(f"{stage}: {path}={value!r} ({err})")
+    assert job.reads["ability"] >= {"seed", "extract.lr", "extract.optimizer", "train.batch_size"}  # the trace works
+    assert not stale, stale
+
+
+def test_a_field_no_stage_upstream_reads_leaves_the_key_alone(job):
+    before = stage_keys(job.s)
+    extra = {}
+    for stage in STAGES:
+        read = set().union(job.reads[stage], *(job.reads[up] for up in UPSTREAM[stage]))
+        unread = [f for f in leaves(job.s) if f not in read and not f.startswith(DATA)]
+        extra[stage] = sorted(f for f in unread if stage_keys(perturbed(job.s, f))[stage] != before[stage])
+    assert not any(extra.values()), extra
