@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from maet.merging import dare, swapped_layers, ties, trim
@@ -7,6 +8,7 @@ def test_trim_keeps_the_largest_magnitudes():
     d = torch.tensor([0.1, -0.5, 0.3, -0.05, 0.9, 0.0, -0.2, 0.4])
     assert torch.equal(trim(d, 0.25), torch.tensor([0, -0.5, 0, 0, 0.9, 0, 0, 0]))
     assert torch.equal(trim(d, 1.0), d)
+    assert torch.equal(trim(d, 0.01), torch.tensor([0, 0, 0, 0, 0.9, 0, 0, 0]))  # at least one entry, and only one
 
 
 def test_ties_elects_sign_and_averages_the_agreeing_entries():
@@ -44,3 +46,6 @@ def test_layer_swap_takes_exactly_k_layers_at_each_end():
     bottom, middle, top = swapped_layers(8, 2)
     assert list(bottom) == [0, 1] and list(middle) == [2, 3, 4, 5] and list(top) == [6, 7]
     assert list(swapped_layers(4, 0)[1]) == [0, 1, 2, 3]
+    assert [list(r) for r in swapped_layers(4, 2)] == [[0, 1], [], [2, 3]]  # every layer swapped, none in the middle
+    with pytest.raises(ValueError, match=r"0 <= 2\*k <= num_layers \(k=3, num_layers=4\)"):
+        swapped_layers(4, 3)

@@ -1,0 +1,62 @@
+"""`make mutation`'s report: mutmut's verdict on every mutant of the core modules, the equivalent
+mutants recorded in docs/mutation.md (each with its reason), and the score the fast suite reaches:
+killed / (mutants checked − equivalent). Exit status 1 below `--min` (default 0.9).
+
+    python tests/mutation_report.py [--min 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "docs" / "mutation.md"
+EQUIVALENT = re.compile(r"^\| `(maet\.[\w.]+__mutmut_\d+)` \| (.+?) \|$", re.M)
+
+
+def verdicts() -> dict[str, str]:
+    """mutant name -> mutmut's verdict (killed, survived, timeout, not checked, ...)."""
+    mutmut = Path(sys.executable).with_name("mutmut")
+    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    return dict(line.strip().rsplit(": ", 1) for line in out.splitlines() if ": " in line)
+
+
+def equivalent() -> dict[str, str]:
+    """mutant name -> why it cannot change what the code computes (docs/mutation.md)."""
+    return dict(EQUIVALENT.findall(RECORD.read_text()))
+
+
+def report(results: dict[str, str], equivalents: dict[str, str]) -> tuple[str, float]:
+    checked = {m: v for m, v in results.items() if v != "not checked"}
+    survivors = sorted(m for m, v in checked.items() if v != "killed" and m not in equivalents)
+    stale = sorted(m for m in equivalents if checked.get(m, "survived") == "killed" or m not in results)
+    counted = len(checked) - sum(m in equivalents for m in checked)
+    score = sum(v == "killed" for v in checked.values()) / counted if counted else 0.0
+    by_module = Counter(m.split(".x_")[0] for m in survivors)
+    lines = [f"mutants: {len(results)}, checked {len(checked)}, {dict(Counter(checked.values()))}",
+             f"equivalent (docs/mutation.md): {sum(m in equivalents for m in checked)}",
+             f"killed by the fast suite: {score:.1%} of the {counted} non-equivalent mutants checked",
+             f"survivors not recorded as equivalent ({len(survivors)}): {dict(by_module)}",
+             *(f"  {m}" for m in survivors)]
+    if stale:
+        lines += ["recorded as equivalent but killed or gone (update docs/mutation.md):", *(f"  {m}" for m in stale)]
+    return "\n".join(lines), score
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--min", type=float, default=0.9, help="the score below which the exit status is 1")
+    args = parser.parse_args(argv)
+    text, score = report(verdicts(), equivalent())
+    print(text)
+    return 0 if score >= args.min else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
