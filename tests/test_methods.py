@@ -73,3 +73,11 @@ def test_layer_swap_takes_the_ends_from_the_language_model_and_the_middle_from_t
     assert [float(merged[n]) for n in names] == [1.0, 1.0, 2.0, 1.0, 1.0]  # 5 layers, k = 2: only layer 2 swapped
     merged = METHODS["layer_swap"](Deltas(base, language, ability_full=ability_full), {"swap_k": 1})
     assert [float(merged[n]) for n in names] == [1.0, 2.0, 2.0, 2.0, 1.0]
+
+
+def test_task_arithmetic_takes_a_tensor_only_one_delta_touches():
+    base = {W: torch.zeros(2), V: torch.ones(2)}
+    language = {W: torch.tensor([1.0, 2.0])}  # V: no language delta (e.g. a weight R(Lj) does not train)
+    ability_full = {W: torch.tensor([4.0, 4.0]), V: torch.tensor([2.0, -2.0])}
+    merged = METHODS["task_arithmetic"](Deltas(base, language, ability_full=ability_full), {"alpha": 0.5, "beta": 2.0})
+    assert torch.equal(merged[W], torch.tensor([4.0, 6.0])) and torch.equal(merged[V], torch.tensor([2.0, 0.0]))

@@ -151,6 +151,7 @@ def test_a_corrupted_entry_is_removed_with_one_warning(tmp_path):
     with pytest.warns(UserWarning, match="corrupted.*tensors.safetensors does not match its sha256") as record:
         assert not cache.ready("ability", "k")
     assert len(record) == 1 and not cache.path("ability", "k").exists()
+    assert [p.name for p in (tmp_path / "ability").iterdir()] == []  # the removed entry is gone, not set aside
     cache.save("ability", "k", {"n": 2}, {"x": torch.arange(1000.0)})
     assert cache.ready("ability", "k") and cache.meta("ability", "k")["n"] == 2
 
@@ -168,6 +169,9 @@ def test_other_damage_is_detected(tmp_path, damage):
         (folder / "tensors.safetensors").unlink()
     else:
         (folder / "meta.json").unlink()
+    reason = {"truncate_meta": "meta.json unreadable (JSONDecodeError", "delete_tensors": "tensors.safetensors is missing",
+              "no_meta": "meta.json unreadable (FileNotFoundError"}[damage]
+    assert cache.problem("language", "k").startswith(reason)
     with pytest.warns(UserWarning, match="corrupted"):
         assert not cache.ready("language", "k")
     cache.save("language", "k", {}, {"x": torch.ones(3)})  # publishing over the removed entry works

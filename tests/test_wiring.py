@@ -105,3 +105,26 @@ def test_paired_tables_align_items_by_id_whatever_their_order():
     assert ids == ["q1", "q2", "q3"]  # q9: not scored by every model in every replication
     np.testing.assert_array_equal(tables["maet"], [[1, 0, 1], [1, 1, 0]])
     np.testing.assert_array_equal(tables["base"], [[0, 1, 1], [0, 0, 0]])
+
+
+A, B = "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"
+# s_t of A: 0.0995 over the tensor, 1 over its key row; of B: 0 (its rows: cosines -1 and +1)
+ABILITY = {A: (torch.tensor([0]), torch.tensor([[1.0, 0.0]])),
+           B: (torch.tensor([0, 1]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))}
+LANGUAGE = {A: torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 10.0]]), B: torch.tensor([[-1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])}
+
+
+@pytest.mark.parametrize("overrides, kept_rows", [
+    (["transfer.tau=0.05"], {B: [0, 1]}),
+    (["transfer.tau=0.2"], {A: [0], B: [0, 1]}),
+    (["transfer.tau=0.2", "transfer.similarity=rows"], {B: [0, 1]}),
+    (["transfer.tau=0.0", "transfer.granularity=row"], {B: [0]}),
+])
+def test_the_transfer_stage_applies_every_transfer_setting(tmp_path, overrides, kept_rows):
+    s = load("transfer.select=threshold", *overrides)
+    ctx = context.Context(s, ArtifactCache(tmp_path), torch.device("cpu"))
+    similarity, kept, transferred = transfer_stage(ctx, ABILITY, LANGUAGE)
+    assert similarity[A] == pytest.approx(1.0 if s.transfer.similarity == "rows" else 1 / 101 ** 0.5)
+    assert similarity[B] == pytest.approx(0.0)
+    assert sorted(kept) == sorted(kept_rows) and {n: rows.tolist() for n, (rows, _) in transferred.items()} == kept_rows
+    assert ctx.stages["transfer"].cached is False
