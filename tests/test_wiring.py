@@ -13,7 +13,7 @@ import torch
 from conftest import load
 from maet import base, context, extract, summary, world
 from maet.cache import ArtifactCache
-from maet.stages import seed_artifacts, transfer_stage, variant_weights
+from maet.stages import Artifacts, seed_artifacts, transfer_stage, variant_weights
 from test_resident import SMALL
 
 FAST = [*SMALL, "train.batch_size=2", "train.seq_len=16", "locate.tokens=64", "extract.tokens=128",
@@ -128,3 +128,30 @@ def test_the_transfer_stage_applies_every_transfer_setting(tmp_path, overrides, 
     assert similarity[B] == pytest.approx(0.0)
     assert sorted(kept) == sorted(kept_rows) and {n: rows.tolist() for n, (rows, _) in transferred.items()} == kept_rows
     assert ctx.stages["transfer"].cached is False
+
+
+def test_reference_models_and_their_keys():
+    """θ_A (the key rows' ability model) and the oracle, by hand; a model key follows its inputs and,
+    for a tunable method, its coefficients."""
+    s = load("method=maet")
+    base_w = {A: torch.zeros(3, 2), B: torch.ones(3, 2)}
+    theta_a = {A: (torch.tensor([2]), torch.tensor([[5.0, 6.0]]))}
+    oracle = {B: torch.full((3, 2), 2.0)}
+    a = Artifacts("b0", theta_a=theta_a, ability_key="ka", oracle=oracle, oracle_key="ko", ability=ABILITY,
+                  transferred=ABILITY, language=LANGUAGE, language_key="kl")
+    ability, ability_key = variant_weights("ability", s, base_w, a)
+    assert list(ability) == [A] and torch.equal(ability[A], torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 6.0]]))
+    oracle_w, oracle_key = variant_weights("oracle", s, base_w, a)
+    assert list(oracle_w) == [B] and torch.equal(oracle_w[B], torch.full((3, 2), 3.0))
+    _, maet_key = variant_weights("maet", s, base_w, a)
+    assert len({ability_key, oracle_key, maet_key}) == 3
+
+    def key(name, settings=s, **changes):
+        return variant_weights(name, settings, base_w, dataclasses.replace(a, **changes))[1]
+
+    assert key("ability", ability_key="kb") != ability_key and key("ability", base_key="b1") != ability_key
+    assert key("oracle", oracle_key="kp") != oracle_key and key("oracle", base_key="b1") != oracle_key
+    assert key("maet", language_key="km") != maet_key and key("maet", ability_key="kb") != maet_key
+    alpha = dataclasses.replace(s, merge=dataclasses.replace(s.merge, alpha=0.3))
+    assert key("maet", alpha) != maet_key
+    assert key("language_only", alpha) == key("language_only")  # not tunable: α is not its input
