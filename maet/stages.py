@@ -164,7 +164,7 @@ def transfer_stage(ctx: Context, ability_delta, language_delta) -> tuple[dict[st
     return similarity, list(transferred), transferred
 
 
-def eval_tasks(ctx: Context, corpora: Corpora) -> tuple[list[dict | str], Path | None]:
+def eval_tasks(ctx: Context, corpora: Corpora) -> tuple[list[dict | str], Path | None]:  # pragma: no mutate block
     """(the lm-eval tasks of this job, our task folder or None): the benchmark in every eval
     language (MGSM: task names in our folder; the world's benchmark: configs), held-out text."""
     s, work, folder = ctx.settings, ctx.cache.root / "data", None
@@ -181,7 +181,7 @@ def eval_tasks(ctx: Context, corpora: Corpora) -> tuple[list[dict | str], Path |
     return tasks, folder
 
 
-def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str,
+def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str,  # pragma: no mutate block
                    name: str) -> tuple[dict, list[dict]]:
     """(metrics, predictions) of the model as it is now, recorded as stage `name`."""
     s, start = ctx.settings, time.perf_counter()

@@ -111,6 +111,17 @@ def accuracy(y: np.ndarray) -> Estimate:
     return e
 
 
+def common_items(runs: list[list[dict[str, float]]]) -> list[str]:
+    """The item ids scored in every replication of every model given (sorted)."""
+    ids = set.intersection(*(set(run) for model in runs for run in model))
+    return sorted(ids)
+
+
+def score_table(runs: list[dict[str, float]], items: list[str]) -> np.ndarray:
+    """`[replications, items]` 0/1 table of one model: row r, column i = correct on item i in replication r."""
+    return np.array([[run[i] for i in items] for run in runs], dtype=float)
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
     """Paired comparison of two models on the same replications and items (`a[R, I]`, `b[R, I]`,
     0/1): mean of a - b with its 95% interval and p (crossed random factors; one replication: a

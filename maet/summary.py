@@ -22,8 +22,8 @@ from maet.cache import ArtifactCache
 from maet.context import StageRecord, base_is_random
 from maet.methods import METHODS
 from maet.settings import Settings
-from maet.stats import (ESTIMATOR, ONE_REPLICATION, accuracy, adjust_rows, interval_text, p_text, paired_difference,
-                        percent)
+from maet.stats import (ESTIMATOR, ONE_REPLICATION, accuracy, adjust_rows, common_items, interval_text, p_text,
+                        paired_difference, percent, score_table)
 
 
 def metric_name(benchmark: str, code: str) -> str:
@@ -56,17 +56,6 @@ def headline(s: Settings) -> str:
 
 TEST_REFERENCES = ("base", "language_only", "language_beta")  # beside the one test run of a tuned setting
 PAIRED_WITH = ("base", "language_only", "language_beta")  # language_beta: θ0 + merge.beta·R(Lj), when a reference
-
-
-def common_items(runs: list[list[dict[str, float]]]) -> list[str]:
-    """The item ids scored in every replication of every model given (sorted)."""
-    ids = set.intersection(*(set(run) for model in runs for run in model))
-    return sorted(ids)
-
-
-def score_table(runs: list[dict[str, float]], items: list[str]) -> np.ndarray:
-    """`[replications, items]` 0/1 table of one model: row r, column i = correct on item i in replication r."""
-    return np.array([[run[i] for i in items] for run in runs], dtype=float)
 
 
 def target_tables(s: Settings, result: JobResult) -> tuple[list[str], dict[str, np.ndarray]]:
