@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "docs" / "mutation.md"
-EQUIVALENT = re.compile(r"^\| `(maet\.[\w.]+__mutmut_\d+)` \| (.+?) \|$", re.M)
+# a row names one mutant (`maet.merging.x_trim__mutmut_11`) or a range (`maet.methods.x_register__mutmut_1..18`)
+EQUIVALENT = re.compile(r"^\| `(maet\.[\w.ǁ]+__mutmut_)(\d+)(?:\.\.(\d+))?` \| (.+?) \|$", re.M)
 
 
 def verdicts() -> dict[str, str]:
@@ -29,7 +30,10 @@ def verdicts() -> dict[str, str]:
 
 def equivalent() -> dict[str, str]:
     """mutant name -> why it cannot change what the code computes (docs/mutation.md)."""
-    return dict(EQUIVALENT.findall(RECORD.read_text()))
+    out = {}
+    for name, first, last, reason in EQUIVALENT.findall(RECORD.read_text()):
+        out |= {f"{name}{n}": reason for n in range(int(first), int(last or first) + 1)}
+    return out
 
 
 def report(results: dict[str, str], equivalents: dict[str, str]) -> tuple[str, float]:
