@@ -181,8 +181,8 @@ def eval_tasks(ctx: Context, corpora: Corpora) -> tuple[list[dict | str], Path |
     return tasks, folder
 
 
-def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str,  # pragma: no mutate block
-                   name: str) -> tuple[dict, list[dict]]:
+def evaluate_stage(ctx: Context, model, tokenizer, corpora: Corpora, model_key: str,
+                   name: str) -> tuple[dict, list[dict]]:  # pragma: no mutate block
     """(metrics, predictions) of the model as it is now, recorded as stage `name`."""
     s, start = ctx.settings, time.perf_counter()
     config = keys.evaluate_config(s)
