@@ -42,7 +42,7 @@ def report(results: dict[str, str], equivalents: dict[str, str]) -> tuple[str, f
     stale = sorted(m for m in equivalents if checked.get(m, "survived") == "killed" or m not in results)
     counted = len(checked) - sum(m in equivalents for m in checked)
     score = sum(v == "killed" for v in checked.values()) / counted if counted else 0.0
-    by_module = Counter(m.split(".x_")[0] for m in survivors)
+    by_module = Counter(".".join(m.split(".")[:2]) for m in survivors)
     lines = [f"mutants: {len(results)}, checked {len(checked)}, {dict(Counter(checked.values()))}",
              f"equivalent (docs/mutation.md): {sum(m in equivalents for m in checked)}",
              f"killed by the fast suite: {score:.1%} of the {counted} non-equivalent mutants checked",
