@@ -1,6 +1,7 @@
-"""Cache-key completeness, derived from the schema and from what the stages read: every settings
-field a stage reads while it computes changes that stage's key, and a field no stage upstream of
-it reads changes nothing of its key (but the data it trains on, which enters by content).
+"""Cache-key completeness, derived from the schema and from what the stages read: a change of any
+settings field a stage reads changes that stage's own key or, recomputed, leaves its artifact
+bit-identical; and a field no stage upstream of it reads changes nothing of its key (but the data
+it trains on, which enters by content).
 
 What a stage reads is traced, not listed by hand: the job's settings are copied into recording
 subclasses of their dataclasses, and every field read while the stage function runs is noted.
@@ -14,9 +15,8 @@ import pytest
 import torch
 
 from conftest import load
-from maet import base, context, keys, stages, world
+from maet import base, context, keys, settings, stages, world
 from maet.cache import ArtifactCache, artifact_key
-from maet import settings
 from maet.settings import ConfigError, Settings
 from maet.validate import validate
 from test_resident import SMALL
