@@ -91,8 +91,9 @@ def evaluate_config(s: Settings) -> dict:
         data_files = {"hub": [evaluate.task_name(s.eval, code) for code in s.eval.langs]}
     else:
         data_files = [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]
-    return {"eval": dataclasses.asdict(s.eval), "heldout_fraction": s.train.heldout_fraction,
-            "lang_corpus": fingerprint(s, s.lang.corpus) if s.eval.heldout else None, "data": data_files,
+    heldout = s.eval.heldout  # the held-out text (its corpus and split) is read only then
+    return {"eval": dataclasses.asdict(s.eval), "heldout_fraction": s.train.heldout_fraction if heldout else None,
+            "lang_corpus": fingerprint(s, s.lang.corpus) if heldout else None, "data": data_files,
             "lm_eval": package_version("lm_eval")}
 
 

@@ -140,7 +140,8 @@ class Job:
     def _call(self, fn, s: Settings, reads: set[str] | None, *args):
         global READS
         self.runs += 1
-        ctx = context.Context(recording(s), ArtifactCache(self.tmp / f"run{self.runs}"), torch.device("cpu"), self.world)
+        cache = ArtifactCache(self.tmp / f"run{self.runs}")
+        ctx = context.Context(recording(s), cache, torch.device("cpu"), self.world)
         READS = reads
         try:
             return fn(ctx, *args)
@@ -238,3 +239,28 @@ def test_a_field_no_stage_upstream_reads_leaves_the_key_alone(job):
         unread = [f for f in leaves(job.s) if f not in read and not f.startswith(DATA)]
         extra[stage] = sorted(f for f in unread if stage_keys(perturbed(job.s, f))[stage] != before[stage])
     assert not any(extra.values()), extra
+
+
+def test_the_evaluation_key_holds_the_benchmark_it_reads(tmp_path):
+    """Each benchmark source enters the evaluation key by what it reads: the world's problems (its
+    fingerprint), the hub task names, or the bytes of the local MGSM files."""
+    def key(s):
+        return keys.evaluate_config(s)
+
+    s = load("report.seeds=1")  # the built-in world's arithmetic benchmark
+    other_world = dataclasses.replace(s, world=dataclasses.replace(s.world, seed=s.world.seed + 1))
+    assert key(other_world) != key(s)
+    assert key(with_value(s, "eval.num_fewshot", s.eval.num_fewshot + 1)) != key(s)
+    hub = with_value(with_value(s, "eval.benchmark", "mgsm"), "eval.source", "hub")
+    assert key(with_value(hub, "eval.task_family", "mgsm_direct")) != key(hub)  # no file read for the hub
+    for name in ("mgsm/mgsm_sw.tsv", "mgsm/exemplars.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a\t1\n")
+    local = with_value(with_value(s, "eval.benchmark", "mgsm"), "eval.source", "local")
+    local = with_value(with_value(local, "eval.langs", ["sw"]), "paths.data_dir", str(tmp_path))
+    before = key(local)
+    (tmp_path / "mgsm" / "mgsm_sw.tsv").write_text("a\t2\n")  # one answer changed
+    assert key(local) != before
+    no_heldout = with_value(s, "eval.heldout", False)
+    assert key(with_value(no_heldout, "train.heldout_fraction", 0.5)) == key(no_heldout)
+    assert key(with_value(s, "train.heldout_fraction", 0.5)) != key(s)  # held-out text: its split is read
