@@ -40,11 +40,12 @@ def report(results: dict[str, str], equivalents: dict[str, str]) -> tuple[str, f
     checked = {m: v for m, v in results.items() if v != "not checked"}
     survivors = sorted(m for m, v in checked.items() if v != "killed" and m not in equivalents)
     stale = sorted(m for m in equivalents if checked.get(m, "survived") == "killed" or m not in results)
-    counted = len(checked) - sum(m in equivalents for m in checked)
+    equivalent_checked = sum(m in equivalents for m in checked)
+    counted = len(checked) - equivalent_checked
     score = sum(v == "killed" for v in checked.values()) / counted if counted else 0.0
     by_module = Counter(".".join(m.split(".")[:2]) for m in survivors)
     lines = [f"mutants: {len(results)}, checked {len(checked)}, {dict(Counter(checked.values()))}",
-             f"equivalent (docs/mutation.md): {sum(m in equivalents for m in checked)}",
+             f"equivalent (docs/mutation.md): {equivalent_checked}",
              f"killed by the fast suite: {score:.1%} of the {counted} non-equivalent mutants checked",
              f"survivors not recorded as equivalent ({len(survivors)}): {dict(by_module)}",
              *(f"  {m}" for m in survivors)]

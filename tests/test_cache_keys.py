@@ -67,9 +67,7 @@ def leaves(obj, path: str = "") -> list[str]:
 
 
 def changed(value, kind):
-    """Another value of the same kind (`kind`: the field's type in the schema)."""
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):  # loaded settings hold the value as a str
-        return next(m.value for m in kind if m.value != value)
+    """Another value of a field that is not an enum (`kind`: the field's type in the schema)."""
     if isinstance(value, bool):
         return not value
     if isinstance(value, (int, float)):
@@ -133,6 +131,7 @@ class Job:
         self.reads: dict[str, set[str]] = {}
         self.model, self.tokenizer, self.base_key = self._call(base.base_model, s, self.reads.setdefault("base", set()))
         self.corpora = context.load_corpora(s, self.world, self.tokenizer)
+        self.mask_key = stage_keys(s)["locate"]
         self.out = {"base": self._weights(self.model)}
         for stage in STAGES[1:]:
             self.out[stage] = self.run(stage, s, self.reads.setdefault(stage, set()))
@@ -159,7 +158,7 @@ class Job:
         common = (self.model, self.tokenizer, self.corpora)
         if stage == "locate":
             return self._call(stages.locate_stage, s, reads, *common, self.base_key)[0]
-        mask, mask_key = self.out["locate"], stage_keys(self.s)["locate"]
+        mask, mask_key = self.out["locate"], self.mask_key
         if stage == "ability":
             delta, theta_a, _ = self._call(stages.ability_stage, s, reads, *common, mask, mask_key)
             return {**delta, **{("theta_a", n): v for n, v in theta_a.items()}}
@@ -172,9 +171,12 @@ STAGES = list(UPSTREAM)
 
 
 def same(a: dict, b: dict) -> bool:
-    flat = [(x if isinstance(x, tuple) else (x,), y if isinstance(y, tuple) else (y,)) for x, y in
-            ((a[k], b[k]) for k in a)] if a.keys() == b.keys() else None
-    return flat is not None and all(len(x) == len(y) and all(torch.equal(u, v) for u, v in zip(x, y)) for x, y in flat)
+    """Two artifacts bit for bit (a value is a tensor or a tuple of tensors)."""
+    def parts(value) -> tuple:
+        return value if isinstance(value, tuple) else (value,)
+
+    return a.keys() == b.keys() and all(
+        len(parts(a[k])) == len(parts(b[k])) and all(map(torch.equal, parts(a[k]), parts(b[k]))) for k in a)
 
 
 def alternatives(s, path: str) -> list:
@@ -185,7 +187,7 @@ def alternatives(s, path: str) -> list:
         owner = getattr(owner, parent)
     kind = typing.get_type_hints(type(owner), vars(settings))[name]
     value = getattr(owner, name)
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):  # loaded settings hold the value as a str
         return [m.value for m in kind if m.value != value]
     return [changed(value, kind)]
 

@@ -105,3 +105,5 @@ def test_fetched_data_matches_its_source(data_dir):
     assert ours == theirs and len(theirs) >= len(fetch_data.REQUIRED)
     assert {f["path"]: f["sha256"] for f in manifest["files"]} == theirs  # the manifest records the source's bytes
     assert fetch_data.verify(data_dir)
+    on_disk = {p.relative_to(data_dir).as_posix() for p in Path(data_dir).rglob("*") if p.is_file()}
+    assert on_disk - set(theirs) == {fetch_data.MANIFEST}  # nothing else in the folder
