@@ -85,10 +85,12 @@ def oracle_config(s: Settings) -> dict:
 
 
 def evaluate_config(s: Settings) -> dict:
+    """The benchmark as read: the world's problems, the local MGSM files' bytes, or for the hub
+    nothing more than `eval` (the task names) and the lm-eval version (the tasks' content)."""
     if s.eval.benchmark == "arith":
         data_files = {"world": world.world_fingerprint(s.world)}
     elif s.eval.source == "hub":
-        data_files = {"hub": [evaluate.task_name(s.eval, code) for code in s.eval.langs]}
+        data_files = None
     else:
         data_files = [evaluate.mgsm_file_fingerprint(Path(s.paths.data_dir), code) for code in s.eval.langs]
     heldout = s.eval.heldout  # the held-out text (its corpus and split) is read only then

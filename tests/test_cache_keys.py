@@ -9,6 +9,7 @@ Each stage runs once, from an empty cache, on a tiny world."""
 
 import dataclasses
 import enum
+import importlib.metadata
 import typing
 
 import pytest
@@ -244,25 +245,31 @@ def test_a_field_no_stage_upstream_reads_leaves_the_key_alone(job):
 
 
 def test_the_evaluation_key_holds_the_benchmark_it_reads(tmp_path):
-    """Each benchmark source enters the evaluation key by what it reads: the world's problems (its
-    fingerprint), the hub task names, or the bytes of the local MGSM files."""
+    """Each benchmark source enters the evaluation key by what it reads and nothing else: the world's
+    problems (its fingerprint), the bytes of the local MGSM files, for the hub its task names (in
+    `eval`); the held-out text only when it is evaluated; the lm-eval version always."""
     def key(s):
         return keys.evaluate_config(s)
 
-    s = load("report.seeds=1")  # the built-in world's arithmetic benchmark
-    other_world = dataclasses.replace(s, world=dataclasses.replace(s.world, seed=s.world.seed + 1))
-    assert key(other_world) != key(s)
+    def other_world(s):
+        return dataclasses.replace(s, world=dataclasses.replace(s.world, seed=s.world.seed + 1))
+
+    s = with_value(load("report.seeds=1"), "eval.heldout", False)  # the built-in world's arithmetic
+    assert key(other_world(s)) != key(s)
     assert key(with_value(s, "eval.num_fewshot", s.eval.num_fewshot + 1)) != key(s)
-    hub = with_value(with_value(s, "eval.benchmark", "mgsm"), "eval.source", "hub")
-    assert key(with_value(hub, "eval.task_family", "mgsm_direct")) != key(hub)  # no file read for the hub
+    assert key(s)["lm_eval"] == importlib.metadata.version("lm_eval")
     for name in ("mgsm/mgsm_sw.tsv", "mgsm/exemplars.json"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("a\t1\n")
-    local = with_value(with_value(s, "eval.benchmark", "mgsm"), "eval.source", "local")
-    local = with_value(with_value(local, "eval.langs", ["sw"]), "paths.data_dir", str(tmp_path))
-    before = key(local)
+    mgsm = with_value(with_value(s, "eval.benchmark", "mgsm"), "eval.langs", ["sw"])
+    local = with_value(with_value(mgsm, "eval.source", "local"), "paths.data_dir", str(tmp_path))
+    hub = with_value(local, "eval.source", "hub")
+    before, hub_before = key(local), key(hub)
     (tmp_path / "mgsm" / "mgsm_sw.tsv").write_text("a\t2\n")  # one answer changed
-    assert key(local) != before
-    no_heldout = with_value(s, "eval.heldout", False)
-    assert key(with_value(no_heldout, "train.heldout_fraction", 0.5)) == key(no_heldout)
-    assert key(with_value(s, "train.heldout_fraction", 0.5)) != key(s)  # held-out text: its split is read
+    assert key(local) != before and key(hub) == hub_before  # the hub run reads no local file
+    assert key(other_world(local)) == key(local)  # the world's problems are not read either
+    assert key(with_value(s, "train.heldout_fraction", 0.5)) == key(s)
+    held = with_value(s, "eval.heldout", True)  # the held-out text: its corpus and split are read
+    assert key(with_value(held, "train.heldout_fraction", 0.5)) != key(held)
+    assert key(with_value(held, "lang.corpus.path", "other")) != key(held)
+    assert key(with_value(s, "lang.corpus.path", "other")) == key(s)
