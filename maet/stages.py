@@ -239,10 +239,10 @@ def variant_weights(name: str, s: Settings, base: dict[str, torch.Tensor], a: Ar
     """(new tensor values, model key) of a method or a reference model of the testbed table."""
     inputs = {"base": a.base_key}
     if name == "ability":  # θ_A: the model trained on English ability text (key rows only)
-        weights = transfer.merge_weights(base, None, a.theta_a, list(a.theta_a), alpha=1.0, beta=0.0)
+        weights = METHODS["ability_only"](Deltas(base, ability=a.theta_a), {})
         return weights, artifact_key("model", {"variant": "theta_a"}, inputs | {"ability": a.ability_key})
-    if name == "oracle":
-        weights = transfer.merge_weights(base, a.oracle, None, [], alpha=0.0, beta=1.0)
+    if name == "oracle":  # θ0 + its full-parameter delta, as the ability_full baseline adds its own
+        weights = METHODS["ability_full"](Deltas(base, ability_full=a.oracle), {})
         return weights, artifact_key("model", {"variant": "oracle"}, inputs | {"oracle": a.oracle_key})
     method, m = METHODS[name], s.merge
     deltas = Deltas(base, a.language, a.ability, a.transferred, a.ability_full, a.cpt_all)

@@ -13,6 +13,7 @@ import torch
 from conftest import load
 from maet import base, context, extract, summary, world
 from maet.cache import ArtifactCache
+from maet.methods import METHODS, Deltas
 from maet.stages import Artifacts, seed_artifacts, transfer_stage, variant_weights
 from test_resident import SMALL
 
@@ -150,8 +151,39 @@ def test_reference_models_and_their_keys():
         return variant_weights(name, settings, base_w, dataclasses.replace(a, **changes))[1]
 
     assert key("ability", ability_key="kb") != ability_key and key("ability", base_key="b1") != ability_key
+    assert key("ability", oracle_key="kp") == ability_key and key("oracle", ability_key="kb") == oracle_key
     assert key("oracle", oracle_key="kp") != oracle_key and key("oracle", base_key="b1") != oracle_key
-    assert key("maet", language_key="km") != maet_key and key("maet", ability_key="kb") != maet_key
     alpha = dataclasses.replace(s, merge=dataclasses.replace(s.merge, alpha=0.3))
     assert key("maet", alpha) != maet_key
     assert key("language_only", alpha) == key("language_only")  # not tunable: α is not its input
+
+
+NEED_KEYS = {"ability": "ability_key", "language": "language_key", "ability_full": "ability_full_key",
+             "cpt_all": "cpt_all_key"}
+
+
+def test_every_method_gets_the_deltas_it_needs_and_a_key_of_its_own_that_follows_them():
+    """Through `variant_weights` (the pipeline's call), each registered method computes from the
+    deltas of its artifacts (each delta its own tensor here) what it computes from those deltas
+    handed to it directly; its model key differs from every other model's and changes with the base
+    and with each input it needs, and with no other."""
+    s = load("method=maet")
+    base_w = {A: torch.zeros(3, 2), B: torch.ones(3, 2)}
+    transferred = {B: ABILITY[B]}  # M_T ⊙ R(A): a strict subset of R(A)
+    full, cpt = {A: torch.full((3, 2), 3.0), B: torch.full((3, 2), -2.0)}, {A: torch.full((3, 2), 7.0)}
+    a = Artifacts("b0", ability=ABILITY, theta_a={A: ABILITY[A]}, ability_key="ka", language=LANGUAGE,
+                  language_key="kl", oracle={B: torch.ones(3, 2)}, oracle_key="ko", ability_full=full,
+                  ability_full_key="kf", cpt_all=cpt, cpt_all_key="kc", transferred=transferred)
+    direct = Deltas(base_w, language=LANGUAGE, ability=ABILITY, transferred=transferred, ability_full=full,
+                    cpt_all=cpt)
+    model_keys = {}
+    for name, method in METHODS.items():
+        weights, model_keys[name] = variant_weights(name, s, base_w, a)
+        expected = method(direct, dataclasses.asdict(s.merge) | {"seed": s.seed})
+        assert weights.keys() == expected.keys() and all(torch.equal(weights[n], expected[n]) for n in weights), name
+        assert variant_weights(name, s, base_w, dataclasses.replace(a, base_key="b1"))[1] != model_keys[name]
+        for need, field in NEED_KEYS.items():
+            other = variant_weights(name, s, base_w, dataclasses.replace(a, **{field: "changed"}))[1]
+            assert (other != model_keys[name]) == (need in method.needs), (name, need)
+    model_keys |= {ref: variant_weights(ref, s, base_w, a)[1] for ref in ("ability", "oracle")}
+    assert len(set(model_keys.values())) == len(model_keys)
