@@ -133,9 +133,9 @@ class Job:
         self.model, self.tokenizer, self.base_key = self._call(base.base_model, s, self.reads.setdefault("base", set()))
         self.corpora = context.load_corpora(s, self.world, self.tokenizer)
         self.mask_key = stage_keys(s)["locate"]
-        self.out = {"base": self._weights(self.model)}
+        self.out, self.keys = {"base": self._weights(self.model)}, {"base": self.base_key}
         for stage in STAGES[1:]:
-            self.out[stage] = self.run(stage, s, self.reads.setdefault(stage, set()))
+            self.out[stage], self.keys[stage] = self.run(stage, s, self.reads.setdefault(stage, set()))
 
     def _call(self, fn, s: Settings, reads: set[str] | None, *args):
         global READS
@@ -152,20 +152,21 @@ class Job:
     def _weights(model) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    def run(self, stage: str, s: Settings, reads: set[str] | None = None) -> dict:
-        """The stage's artifact (tensors by name) computed with settings `s`."""
+    def run(self, stage: str, s: Settings, reads: set[str] | None = None) -> tuple[dict, str]:
+        """(the stage's artifact: tensors by name, the key it is cached under) with settings `s`."""
         if stage == "base":
-            return self._weights(self._call(base.base_model, s, reads)[0])
+            model, _, key = self._call(base.base_model, s, reads)
+            return self._weights(model), key
         common = (self.model, self.tokenizer, self.corpora)
         if stage == "locate":
-            return self._call(stages.locate_stage, s, reads, *common, self.base_key)[0]
+            return self._call(stages.locate_stage, s, reads, *common, self.base_key)
         mask, mask_key = self.out["locate"], self.mask_key
         if stage == "ability":
-            delta, theta_a, _ = self._call(stages.ability_stage, s, reads, *common, mask, mask_key)
-            return {**delta, **{("theta_a", n): v for n, v in theta_a.items()}}
+            delta, theta_a, key = self._call(stages.ability_stage, s, reads, *common, mask, mask_key)
+            return {**delta, **{("theta_a", n): v for n, v in theta_a.items()}}, key
         if stage == "language":
-            return self._call(stages.language_stage, s, reads, *common, self.base_key, mask, mask_key)[0]
-        return self._call(getattr(stages, f"{stage}_stage"), s, reads, *common, self.base_key)[0]
+            return self._call(stages.language_stage, s, reads, *common, self.base_key, mask, mask_key)
+        return self._call(getattr(stages, f"{stage}_stage"), s, reads, *common, self.base_key)
 
 
 STAGES = list(UPSTREAM)
@@ -226,12 +227,18 @@ def test_a_field_a_stage_reads_changes_its_own_key_or_leaves_its_artifact_bit_id
                 if not valid(s) or stage_keys(s, inputs=before)[stage] != before[stage]:
                     continue
                 try:
-                    if not same(job.run(stage, s), job.out[stage]):
+                    if not same(job.run(stage, s)[0], job.out[stage]):
                         stale.append(f"{stage}: {path}={value!r}")
                 except Exception as err:  # noqa: BLE001 (a valid change that breaks the stage is read too)
                     stale.append(f"{stage}: {path}={value!r} ({err})")
     assert job.reads["ability"] >= {"seed", "extract.lr", "extract.optimizer", "train.batch_size"}  # the trace works
     assert not stale, stale
+
+
+def test_each_stage_caches_under_the_key_of_its_own_config_and_inputs(job):
+    """The keys the two tests here reason about (`stage_keys`: each stage's config function and its
+    inputs' keys) are the keys the stages store their artifacts under."""
+    assert job.keys == stage_keys(job.s)
 
 
 def test_a_field_no_stage_upstream_reads_leaves_the_key_alone(job):
