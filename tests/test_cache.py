@@ -1,7 +1,10 @@
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from conftest import load
-from maet import keys
+from maet import keys, stages
 from maet.cache import ArtifactCache, artifact_key
 from maet.types import pack_rows, unpack_rows
 
@@ -81,6 +84,23 @@ def test_cpt_all_trains_on_the_same_total_tokens_as_maet():
     s = load("extract.tokens=1000", "language.tokens=300", "extract.general=none")
     assert keys.cpt_all_config(s)["tokens"] == 1000 + 300
     assert keys.cpt_all_config(load("lang=bn")) != keys.cpt_all_config(load("lang=sw"))
+
+
+def test_cpt_all_mixes_the_ability_text_at_theta_a_budget_and_the_language_text_for_the_rest(monkeypatch, tmp_path):
+    """extract.tokens = 1000, language.tokens = 300, θ_G trained: 2,300 tokens in all, of which
+    1,000 of English ability text and 1,300 of C(Lj)."""
+    class Drawn(Exception):
+        pass
+
+    def mixed_batches(parts, tokenizer, **kwargs):
+        raise Drawn([(docs, tokens) for docs, tokens in parts])
+
+    monkeypatch.setattr(stages.data, "mixed_batches", mixed_batches)
+    s = load("extract.tokens=1000", "language.tokens=300")
+    corpora = SimpleNamespace(ability=["ability text"], language=["language text"])
+    with pytest.raises(Drawn) as drawn:
+        stages.cpt_all_stage(SimpleNamespace(settings=s), None, None, corpora, "b0")
+    assert drawn.value.args[0] == [(["ability text"], 1000), (["language text"], 1300)]
 
 
 def test_keys_follow_the_runtime_that_changes_numbers(monkeypatch):
