@@ -102,7 +102,7 @@ def accuracy(y: np.ndarray) -> Estimate:
     y = np.asarray(y, dtype=float)
     n_rep, n_items = y.shape
     mean = float(y.mean())
-    se, df, components = crossed_se(y) if n_rep > 1 else (0.0, float("nan"), (0.0, 0.0, 0.0))
+    se, df, components = crossed_se(y) if n_rep > 1 else (0.0, None, None)
     if se == 0:
         low, high = wilson(float(y.mean(axis=0).sum()), n_items)
         return Estimate(mean, low, high, float("nan"), float("nan"), n_rep, n_items)

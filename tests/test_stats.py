@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from maet.stats import accuracy, crossed_se, holm, mean_squares, min_detectable, paired_difference, wilson
+from maet.stats import (accuracy, adjust_rows, crossed_se, holm, interval_text, mean_squares, min_detectable, p_text,
+                        paired_difference, percent, wilson)
 
 
 def test_wilson_interval_on_known_values():
@@ -31,6 +32,7 @@ def test_mean_squares_and_standard_error_by_hand():
     e = accuracy(TABLE)
     assert e.mean == pytest.approx(0.5) and (e.low, e.high) == (0.0, 1.0)  # ± t(0.975, 1.5) = 6.02 se: clipped
     assert e.replications == 2 and e.items == 3
+    assert e.components == pytest.approx((0.0, (1 / 2 - 1 / 6) / 2, 1 / 6))  # rep: MS_rep = MS_res -> 0
     d = paired_difference(TABLE, np.zeros_like(TABLE))  # the same table as differences from a model that never scores
     assert d["diff"] == pytest.approx(0.5) and (d["se"], d["df"]) == pytest.approx((math.sqrt(1 / 12), 1.5))
     assert (d["low"], d["high"]) == (-1.0, 1.0)  # 0.5 ± 6.02 se, clipped to what a difference of proportions can be
@@ -38,7 +40,10 @@ def test_mean_squares_and_standard_error_by_hand():
 
 def test_one_replication_is_over_items_only():
     y = np.array([[1] * 8 + [0] * 2], dtype=float)
-    assert (accuracy(y).low, accuracy(y).high) == pytest.approx(wilson(8, 10))
+    e = accuracy(y)
+    assert (e.mean, e.low, e.high) == pytest.approx((0.8, *wilson(8, 10)))
+    assert math.isnan(e.se) and math.isnan(e.df) and (e.replications, e.items) == (1, 10)
+    assert e.components == (0.0, 0.0, 0.0)
     # 10 items: a wins on 6, loses on 1, ties on 3 -> exact McNemar p = 2 * 8/128
     a = np.array([[1, 1, 1, 1, 1, 1, 0, 1, 0, 1]])
     b = np.array([[0, 0, 0, 0, 0, 0, 1, 1, 0, 1]])
@@ -70,6 +75,19 @@ def test_holm_and_the_detectable_difference_by_hand():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert min_detectable(0.01, 1e6) == pytest.approx((1.959964 + 0.841621) * 0.01, rel=1e-4)
     assert min_detectable(0.01, 2) == pytest.approx((4.302653 + 1.060660) * 0.01, rel=1e-4)  # t(0.975, 2) + t(0.8, 2)
+    rows = adjust_rows([{"p": 0.01, "se": 0.01, "df": 2.0}, {"p": 0.04, "se": 0.02, "df": 2.0}])
+    assert [r["p_holm"] for r in rows] == pytest.approx([0.02, 0.04]) and [r["family"] for r in rows] == [2, 2]
+    # Holm's strictest step of 2 rows: two-sided 0.025, t(0.9875, 2) = 6.205347; t(0.8, 2) = 1.060660
+    assert [r["resolves_holm"] for r in rows] == pytest.approx([(6.205347 + 1.060660) * s for s in (0.01, 0.02)],
+                                                               rel=1e-4)
+
+
+def test_numbers_as_the_tables_print_them():
+    assert (percent(0.1234), percent(0.05, signed=True), percent(-0.05, signed=True)) == ("12.3", "+5.0", "-5.0")
+    assert (percent(0.5, width=6), percent(None), percent(float("nan"))) == ("  50.0", "", "")
+    assert interval_text(0.123, 0.081, 0.17) == "12.3 [8.1, 17.0]"
+    assert interval_text(0.02, -0.01, 0.05, signed=True, width=5) == " +2.0 [-1.0, +5.0]"
+    assert (p_text(0.0004), p_text(0.001), p_text(0.0123)) == ("p<0.001", "p=0.001", "p=0.012")
 
 
 # ----------------------------------------------------------------------------- coverage by simulation
