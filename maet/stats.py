@@ -87,12 +87,12 @@ def crossed_se(y: np.ndarray) -> tuple[float, float, tuple[float, float, float]]
     return math.sqrt(max(total, 0.0) / (n_rep * n_items)), df, components
 
 
-def _t_estimate(mean: float, se: float, df: float, n_rep: int, n_items: int, components=(0.0, 0.0, 0.0)) -> Estimate:
+def _t_interval(mean: float, se: float, df: float) -> tuple[float, float, float]:
+    """(low, high, p of mean = 0): the 95% t interval of `mean` with standard error `se` on `df`."""
     if se == 0:
-        return Estimate(mean, mean, mean, 0.0, df, n_rep, n_items, 1.0 if mean == 0 else 0.0, components)
+        return mean, mean, 1.0 if mean == 0 else 0.0
     half = float(_scipy.t.ppf(0.975, df)) * se
-    p = float(2 * _scipy.t.sf(abs(mean) / se, df))
-    return Estimate(mean, mean - half, mean + half, se, df, n_rep, n_items, p, components)
+    return mean - half, mean + half, float(2 * _scipy.t.sf(abs(mean) / se, df))
 
 
 def accuracy(y: np.ndarray) -> Estimate:
@@ -106,9 +106,8 @@ def accuracy(y: np.ndarray) -> Estimate:
     if se == 0:
         low, high = wilson(float(y.mean(axis=0).sum()), n_items)
         return Estimate(mean, low, high, float("nan"), float("nan"), n_rep, n_items)
-    e = _t_estimate(mean, se, df, n_rep, n_items, components)
-    e.low, e.high = max(0.0, e.low), min(1.0, e.high)
-    return e
+    low, high, p = _t_interval(mean, se, df)
+    return Estimate(mean, max(0.0, low), min(1.0, high), se, df, n_rep, n_items, p, components)
 
 
 def common_items(runs: list[list[dict[str, float]]]) -> list[str]:
@@ -132,18 +131,17 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
                          f"(got {a.shape} and {b.shape})")
     d = a - b
     n_rep, n_items = d.shape
-    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    mean, wins, losses = float(d.mean()), int((d > 0).sum()), int((d < 0).sum())
     if n_rep == 1:
-        se = float(d.std(ddof=1)) / math.sqrt(n_items) if n_items > 1 else float("nan")
-        e = _t_estimate(float(d.mean()), se, n_items - 1, 1, n_items)
-        e.p = float(_scipy.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
+        se, df = (float(d.std(ddof=1)) / math.sqrt(n_items) if n_items > 1 else float("nan")), n_items - 1
     else:
-        se, df, components = crossed_se(d)
-        e = _t_estimate(float(d.mean()), se, df, n_rep, n_items, components)
-    e.low, e.high = max(-1.0, e.low), min(1.0, e.high)  # a difference of proportions lies in [-1, 1]
-    return {"diff": e.mean, "low": e.low, "high": e.high, "p": e.p, "se": e.se, "df": e.df,
-            "replications": n_rep, "n": d.size, "wins": wins, "losses": losses,
-            "resolves": min_detectable(e.se, e.df)}
+        se, df, _ = crossed_se(d)
+    low, high, p = _t_interval(mean, se, df)
+    if n_rep == 1:  # the exact McNemar test of the discordant pairs
+        p = float(_scipy.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
+    return {"diff": mean, "low": max(-1.0, low), "high": min(1.0, high),  # a difference of proportions: in [-1, 1]
+            "p": p, "se": se, "df": df, "replications": n_rep, "n": d.size, "wins": wins, "losses": losses,
+            "resolves": min_detectable(se, df)}
 
 
 def min_detectable(se: float, df: float, power: float = 0.8, alpha: float = 0.05) -> float:

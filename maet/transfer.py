@@ -89,7 +89,7 @@ def merge_weights(base: dict[str, torch.Tensor], language: DenseDelta | None, ab
     are θ0 unchanged. α = 0 gives exactly θ0 + β·R(Lj); α = β = 0 gives exactly θ0.
     """
     language = language or {}
-    ability = {n: ability[n] for n in kept} if ability else {}
+    ability = {n: ability[n] for n in kept}  # none without R(A) (kept = [])
     merged = {}
     for name in dict.fromkeys([*language, *ability]):
         dense = [(beta, language[name])] if name in language else []

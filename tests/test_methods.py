@@ -81,3 +81,6 @@ def test_task_arithmetic_takes_a_tensor_only_one_delta_touches():
     ability_full = {W: torch.tensor([4.0, 4.0]), V: torch.tensor([2.0, -2.0])}
     merged = METHODS["task_arithmetic"](Deltas(base, language, ability_full=ability_full), {"alpha": 0.5, "beta": 2.0})
     assert torch.equal(merged[W], torch.tensor([4.0, 6.0])) and torch.equal(merged[V], torch.tensor([2.0, 0.0]))
+    only_language = METHODS["task_arithmetic"](Deltas(base, {V: torch.tensor([1.0, 3.0])}, ability_full={W: torch.ones(2)}),
+                                               {"alpha": 0.5, "beta": 2.0})  # and the other way round
+    assert torch.equal(only_language[V], torch.tensor([3.0, 7.0])) and torch.equal(only_language[W], torch.full((2,), 0.5))

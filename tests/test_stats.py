@@ -16,6 +16,8 @@ def test_wilson_interval_on_known_values():
     low, high = wilson(8, 10)  # textbook value: 0.490 .. 0.943
     assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
     assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+    assert wilson(1, 1) == pytest.approx((0.2065, 1.0), abs=1e-4)  # 1 / (1 + z^2) = 0.2065
+    assert all(math.isnan(x) for x in wilson(0, 0))
 
 
 # A 2 x 3 table worked by hand: grand mean 1/2, replication means 2/3 and 1/3, item means 1/2, 0, 1;
@@ -36,6 +38,34 @@ def test_mean_squares_and_standard_error_by_hand():
     d = paired_difference(TABLE, np.zeros_like(TABLE))  # the same table as differences from a model that never scores
     assert d["diff"] == pytest.approx(0.5) and (d["se"], d["df"]) == pytest.approx((math.sqrt(1 / 12), 1.5))
     assert (d["low"], d["high"]) == (-1.0, 1.0)  # 0.5 ± 6.02 se, clipped to what a difference of proportions can be
+    assert d["resolves"] == pytest.approx((t_quantile(0.975, 1.5) + t_quantile(0.8, 1.5)) * math.sqrt(1 / 12))
+
+
+# 3 x 4, both components positive: grand mean 1/3, replication means 3/4, 1/4, 0, item means 1/3, 2/3, 0,
+# 1/3 -> MS_rep = 4 (25 + 1 + 16) / 144 / 2 = 7/12, MS_item = 3 (0 + 1/9 + 1/9 + 0) / 3 = 2/9;
+# SS_total = 4 (2/3)^2 + 8 (1/3)^2 = 8/3, SS_res = 8/3 - 2 (7/12) - 3 (2/9) = 5/6 -> MS_res = 5/36.
+# Var = (7/12 + 2/9 - 5/36) / 12 = 1/18; df = (2/3)^2 / ((7/12)^2 / 2 + (2/9)^2 / 3 + (5/36)^2 / 6) = 3456/1476;
+# components: ((7/12 - 5/36) / 4, (2/9 - 5/36) / 3, 5/36) = (1/9, 1/36, 5/36).
+TABLE_3X4 = np.array([[1, 1, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=float)
+
+
+def test_variance_components_and_their_degrees_of_freedom_by_hand():
+    assert mean_squares(TABLE_3X4) == pytest.approx((7 / 12, 2 / 9, 5 / 36))
+    se, df, components = crossed_se(TABLE_3X4)
+    assert (se, df) == pytest.approx((math.sqrt(1 / 18), 3456 / 1476))
+    assert components == pytest.approx((1 / 9, 1 / 36, 5 / 36))
+    # MS_item <= MS_res: the item component is estimated at zero, Var = MS_rep / (R I) on R - 1 df.
+    # 3 x 2 [[1, 0], [0, 1], [0, 0]]: item means equal -> MS_item = 0; MS_rep = 2 (1/36 + 1/36 + 4/36) / 2 = 1/6
+    se, df, _ = crossed_se(np.array([[1, 0], [0, 1], [0, 0]], dtype=float))
+    assert (se, df) == pytest.approx((math.sqrt(1 / 6 / 6), 2))
+    # 2 x 3 [[1, 1, 0], [0, 0, 0]]: MS_item = MS_res = 1/6 (equal): zero too; MS_rep = 2/3 -> se 1/3, df 1
+    se, df, _ = crossed_se(np.array([[1, 1, 0], [0, 0, 0]], dtype=float))
+    assert (se, df) == pytest.approx((1 / 3, 1))
+
+
+def t_quantile(q: float, df: float) -> float:
+    from scipy.stats import t
+    return float(t.ppf(q, df))
 
 
 def test_one_replication_is_over_items_only():
@@ -66,8 +96,19 @@ def test_replications_that_agree_still_leave_the_item_sampling():
 
 
 def test_paired_difference_needs_aligned_tables():
-    with pytest.raises(ValueError):
-        paired_difference(np.ones((3, 2)), np.ones((3, 1)))
+    for a, b in [(np.ones((3, 2)), np.ones((3, 1))), (np.ones(3), np.ones(3)), (np.ones((1, 0)), np.ones((1, 0)))]:
+        with pytest.raises(ValueError, match=r"aligned, non-empty \[replications, items\]"):
+            paired_difference(a, b)
+
+
+def test_paired_difference_of_few_items_and_of_boolean_tables():
+    one = paired_difference(np.array([[1.0]]), np.array([[0.0]]))  # one item: no standard error
+    assert one["diff"] == 1.0 and math.isnan(one["se"]) and one["p"] == 1.0  # McNemar: 1 win of 1
+    two = paired_difference(np.array([[1.0, 1.0]]), np.array([[0.0, 1.0]]))  # d = 1, 0: sd 0.7071 / sqrt 2 = 0.5
+    assert (two["diff"], two["se"], two["df"]) == pytest.approx((0.5, 0.5, 1))
+    a, b = TABLE.astype(bool), np.zeros_like(TABLE, dtype=bool)
+    assert paired_difference(a, b) == paired_difference(TABLE, np.zeros_like(TABLE))
+    assert accuracy(a).as_dict() == accuracy(TABLE).as_dict()
 
 
 def test_holm_and_the_detectable_difference_by_hand():
@@ -75,6 +116,7 @@ def test_holm_and_the_detectable_difference_by_hand():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert min_detectable(0.01, 1e6) == pytest.approx((1.959964 + 0.841621) * 0.01, rel=1e-4)
     assert min_detectable(0.01, 2) == pytest.approx((4.302653 + 1.060660) * 0.01, rel=1e-4)  # t(0.975, 2) + t(0.8, 2)
+    assert all(math.isnan(min_detectable(se, df)) for se, df in [(0.0, 5), (math.inf, 5), (0.01, math.nan)])
     rows = adjust_rows([{"p": 0.01, "se": 0.01, "df": 2.0}, {"p": 0.04, "se": 0.02, "df": 2.0}])
     assert [r["p_holm"] for r in rows] == pytest.approx([0.02, 0.04]) and [r["family"] for r in rows] == [2, 2]
     # Holm's strictest step of 2 rows: two-sided 0.025, t(0.9875, 2) = 6.205347; t(0.8, 2) = 1.060660
