@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import load
-from maet import base, context, extract, summary, world
+from maet import base, context, extract, stages, summary, world
 from maet.cache import ArtifactCache
 from maet.methods import METHODS, Deltas
 from maet.stages import Artifacts, seed_artifacts, transfer_stage, variant_weights
@@ -95,6 +95,33 @@ def test_replications_draw_their_own_batches_masks_deltas_and_base(tmp_path):
         ctx.settings.report, shared_base=False))).for_replication(1)
     _, _, other_key, other_theta0 = base.resident_base(own)  # without shared_base: a base of its own
     assert other_key != key and any(not torch.equal(theta0[n], other_theta0[n]) for n in theta0)
+    base.forget_resident()
+
+
+def test_a_replication_computes_what_its_variants_need_and_nothing_else(tmp_path):
+    """`seed_artifacts` runs the stages the variants need (a reference model by its own name), each on
+    the job's base, and hands on exactly what the stage, called on its own, gives."""
+    ctx, model, tokenizer, corpora, key, _ = _job(tmp_path, "oracle.tokens=64")
+    a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["oracle", "ability_full", "cpt_all"])
+    assert a.mask is None and a.ability is None and a.language is None
+    for name in ("oracle", "ability_full", "cpt_all"):
+        delta, stage_key = getattr(stages, f"{name}_stage")(ctx, model, tokenizer, corpora, key)  # a cache hit
+        assert getattr(a, f"{name}_key") == stage_key and getattr(a, name).keys() == delta.keys()
+        assert all(torch.equal(getattr(a, name)[n], delta[n]) for n in delta)
+    assert len({a.oracle_key, a.ability_full_key, a.cpt_all_key}) == 3
+    only_language = seed_artifacts(ctx, model, tokenizer, corpora, key, ["language_only"])
+    assert only_language.mask is None and only_language.oracle is None and only_language.ability is None
+    key_rows_ctx = dataclasses.replace(ctx, settings=dataclasses.replace(
+        ctx.settings, language=dataclasses.replace(ctx.settings.language, train="key_neurons")))
+    key_rows = seed_artifacts(key_rows_ctx, model, tokenizer, corpora, key, ["language_only"])
+    mask, mask_key = stages.locate_stage(key_rows_ctx, model, tokenizer, corpora, key)
+    assert key_rows.mask is not None and key_rows.ability is None
+    language, language_key = stages.language_stage(key_rows_ctx, model, tokenizer, corpora, key, mask, mask_key)
+    assert key_rows.language_key == language_key != only_language.language_key
+    theta_a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["ability"])  # the reference model θ_A
+    mask, mask_key = stages.locate_stage(ctx, model, tokenizer, corpora, key)
+    assert theta_a.ability_key == stages.ability_stage(ctx, model, tokenizer, corpora, mask, mask_key)[2]
+    assert theta_a.language is None and {a.base_key, theta_a.base_key} == {key}
     base.forget_resident()
 
 
