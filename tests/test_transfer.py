@@ -98,6 +98,21 @@ def test_tensor_selection_modes():
     assert transfer.select_tensors(sims, "ratio", 0.0, 0.75) == ["b", "c", "d"]
     assert transfer.select_tensors(sims, "all", 0.0, 0.5) == ["a", "b", "c", "d"]
     assert transfer.select_tensors(sims, "abs_threshold", 0.25, 0.5) == ["b", "c"]
+    assert transfer.select_tensors(sims, "abs_threshold", 0.2, 0.5) == ["c"]  # strictly below: |-0.2| is not
+    assert transfer.select_tensors(sims, "threshold", -0.2, 0.5) == ["d"]
+    assert transfer.select_tensors(sims, "ratio", 0.0, 0.25) == ["d"]  # round(0.25 * 4) = 1
+    assert transfer.select_tensors(sims, "ratio", 0.0, 0.1) == ["d"]  # round(0.4) = 0: at least one
+    with pytest.raises(ValueError, match="unknown transfer.select 'lowest'"):
+        transfer.select_tensors(sims, "lowest", 0.0, 0.5)
+
+
+def test_similarity_of_a_tensor_without_a_language_delta_or_with_a_zero_one_is_zero():
+    rows, values = torch.tensor([0]), torch.tensor([[1.0, 2.0]])
+    ability = {"no_language": (rows, values), "zero": (rows, values), "some": (rows, values)}
+    language = {"zero": torch.zeros(3, 2), "some": torch.tensor([[2.0, 4.0], [0.0, 0.0], [0.0, 0.0]])}
+    for over in ("tensor", "rows"):
+        assert transfer.tensor_similarity(ability, language, over) == {"no_language": 0.0, "zero": 0.0,
+                                                                       "some": pytest.approx(1.0)}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
