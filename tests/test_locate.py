@@ -105,3 +105,66 @@ def test_activation_scores_are_mean_absolute_outputs(tiny_model):
 def test_weight_change_scores_sum_the_row_changes():
     delta = {"w": torch.tensor([[1.0, -2.0], [0.0, 0.5]])}
     assert torch.equal(locate.weight_change_scores(delta)["w"], torch.tensor([3.0, 0.5]))
+
+
+# ----------------------------------------------------------------------------- the locate stage's wiring
+ABILITY_DOCS, GENERAL_DOCS = ["ability text"], ["general text"]
+
+
+def _fake_scores(shapes, docs):
+    """Row scores that order the rows one way on ability text and the other way in the difference:
+    ability: row index; general: twice the row index (ability − general: minus the row index)."""
+    factor = 1.0 if docs == ABILITY_DOCS else 2.0
+    return {n: factor * torch.arange(shape[0], dtype=torch.float32) for n, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("score, contrast", [("grad", False), ("grad", True), ("activation", False),
+                                             ("weight_change", False), ("weight_change", True), ("random", False)])
+def test_the_locate_stage_scores_the_ability_text_by_the_configured_score_less_general_text_when_contrastive(
+        tiny_model, tokenizer, tmp_path, monkeypatch, score, contrast):
+    """The stage reads `locate.score` (which scores: gradients, activations, a short CPT's weight change,
+    or random), subtracts the general text's scores where the score is contrastive (activation always,
+    the others with locate.contrast), and selects `locate.ratio` rows of the result; the scoring
+    functions are replaced by ones whose output says which text they scored."""
+    from types import SimpleNamespace
+
+    from conftest import load
+    from maet import context, stages
+    from maet.cache import ArtifactCache
+    from maet.train import TrainStats
+
+    s = load(f"locate.score={score}", f"locate.contrast={str(contrast).lower()}", "locate.ratio=0.25",
+             "locate.tokens=64", "train.batch_size=2", "train.seq_len=16")
+    shapes = _shapes(tiny_model)
+    calls = []
+
+    def scored(model, batches, names, steps):
+        calls.append((batches, steps))
+        assert model is tiny_model and sorted(names) == sorted(shapes)
+        return _fake_scores(shapes, batches)
+
+    def train_full(model, names, batches, steps, lr, desc, **loop):
+        calls.append((batches, steps))
+        assert lr == s.extract.full_lr and loop == context.loop(s)
+        delta = {n: v[:, None] for n, v in _fake_scores(shapes, batches).items()}  # row change: |v|
+        return delta, TrainStats(tokens=64, steps=2)
+
+    monkeypatch.setattr(stages.cx, "batches", lambda settings, docs, tok, tokens: docs)
+    monkeypatch.setattr(stages.locate, "grad_scores" if score != "activation" else "activation_scores", scored)
+    monkeypatch.setattr(stages.extract, "train_full", train_full)
+    ctx = context.Context(s, ArtifactCache(tmp_path), torch.device("cpu"))
+    corpora = SimpleNamespace(ability=ABILITY_DOCS, general=GENERAL_DOCS)
+    mask, _ = stages.locate_stage(ctx, tiny_model, tokenizer, corpora, "b0")
+
+    if score == "random":
+        expected, texts = locate.random_scores(shapes, s.seed), []
+    elif contrast or score == "activation":
+        expected, texts = {n: -torch.arange(shape[0], dtype=torch.float32) for n, shape in shapes.items()}, [
+            ABILITY_DOCS, GENERAL_DOCS]
+    else:
+        expected, texts = _fake_scores(shapes, ABILITY_DOCS), [ABILITY_DOCS]
+    want = locate.select_rows(expected, 0.25, s.locate.scope)
+    assert mask.keys() == want.keys() and all(torch.equal(mask[n], want[n]) for n in want)
+    assert calls == [(docs, 2) for docs in texts]  # 64 tokens in steps of 2 x 16
+    trained = ctx.stages["locate"]
+    assert (trained.train_tokens, trained.steps) == (64 * len(texts), 2 * len(texts))
