@@ -58,6 +58,20 @@ def test_without_general_subtraction_r_a_is_theta_a_minus_theta_0(tmp_path):
     ctx, model, tokenizer, corpora, key, _ = _job(tmp_path, "extract.general=none")
     a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
     assert all(torch.equal(a.ability[n][1], a.theta_a[n][1]) for n in a.ability)
+    s = ctx.settings  # θ_G is not trained either: the stage trains θ_A's budget once
+    assert ctx.stages["ability"].train_tokens == context.steps(s, s.extract.tokens) * s.train.batch_size * s.train.seq_len
+    base.forget_resident()
+
+
+def test_key_row_language_training_moves_only_the_rows_of_the_mask(tmp_path):
+    ctx, model, tokenizer, corpora, key, _ = _job(tmp_path, "language.train=key_neurons")
+    a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
+    assert set(a.language) <= set(a.mask)
+    for name, delta in a.language.items():
+        outside = delta.clone()
+        outside[a.mask[name]] = 0
+        assert outside.abs().max() == 0, name
+    assert all(a.language[n][a.mask[n]].abs().max() > 0 for n in a.language)
     base.forget_resident()
 
 
