@@ -232,3 +232,33 @@ def test_bf16_key_rows_train_the_weights_the_merge_rebuilds():
     with extract.rows_patched(weight, rows, delta):
         assert torch.equal(weight, patched)
     assert torch.equal(weight, merge_tensor(weight))  # restored exactly
+
+
+def test_a_lean_linear_with_a_bias_computes_the_patched_layer_and_its_row_gradient():
+    """Qwen-style projections carry a bias: the lean path gives F.linear(x, W', b) with
+    W' = W with its key rows + D, and D's gradient autograd gives for that expression."""
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(5, 6, bias=True)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(6, 5, generator=g))
+        layer.bias.copy_(torch.randn(6, generator=g))
+    layer.requires_grad_(False)
+    rows, x = torch.tensor([1, 4]), torch.randn(3, 5, generator=g)
+    delta = torch.randn(2, 5, generator=g).requires_grad_()
+    patched = layer.weight.clone().index_add(0, rows, delta)
+    expected = torch.nn.functional.linear(x, patched, layer.bias)
+    expected_grad, = torch.autograd.grad(expected.square().sum(), delta)
+    with extract.patched_linears({"w": layer}, {"w": rows}, {"w": delta}):
+        out = layer(x)
+    grad, = torch.autograd.grad(out.square().sum(), delta)
+    assert torch.allclose(out, expected, atol=1e-6) and torch.allclose(grad, expected_grad, atol=1e-5)
+
+
+def test_only_a_plain_linear_that_owns_its_weight_takes_the_lean_path():
+    shared, own, hooked = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    tied = torch.nn.Linear(4, 4)
+    tied.weight = shared.weight  # one parameter, two modules (as a tied LM head)
+    hooked.forward = hooked.forward  # an instance forward of its own (as accelerate's hooks set)
+    model = torch.nn.ModuleDict({"shared": shared, "tied": tied, "own": own, "hooked": hooked})
+    names = ["shared.weight", "tied.weight", "own.weight", "hooked.weight", "own.bias"]
+    assert extract.lean_linears(model, names) == {"own.weight": own}
