@@ -1,3 +1,4 @@
+import importlib.metadata
 from types import SimpleNamespace
 
 import pytest
@@ -73,9 +74,22 @@ def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):
     rows = torch.tensor([0, 2])
     values = torch.randn(2, 3)
     cache = ArtifactCache(tmp_path)
-    cache.save("ability", "k", {}, {"rows:a": rows, "values:a": values, "theta_a:a": values, "rows:b": rows})
+    cache.save("ability", "k", {}, {"rows:a": rows, "values:a": values, "theta_a:a": values, "rows:b": rows,
+                                     "values:b": values})  # three names on one storage
     loaded = cache.tensors("ability", "k")
     assert torch.equal(loaded["theta_a:a"], values) and torch.equal(loaded["rows:b"], rows)
+    assert torch.equal(loaded["values:b"], values)
+
+
+def test_cached_says_whether_the_value_was_loaded_or_computed(tmp_path):
+    cache = ArtifactCache(tmp_path)
+
+    def compute():
+        cache.save("locate", "k", {}, {"w": torch.ones(2)})
+        return "computed"
+
+    assert cache.cached("locate", "k", lambda: "loaded", compute) == ("computed", False)
+    assert cache.cached("locate", "k", lambda: "loaded", compute) == ("loaded", True)
 
 
 def test_cpt_all_trains_on_the_same_total_tokens_as_maet():
@@ -113,7 +127,13 @@ def test_keys_follow_the_runtime_that_changes_numbers(monkeypatch):
     assert key != keys.base_artifact_key(load("model.dtype=bfloat16"), cpu)
     assert key != keys.base_artifact_key(s, torch.device("cuda"))  # auto: bf16 on cuda
     evaluate = keys.evaluate_config(s)
+    assert keys.runtime(s, cpu)["transformers"] == importlib.metadata.version("transformers")
+    hub = load("model.source=hub", "model.path=org/model")
+    hub_key = keys.base_artifact_key(hub, cpu)  # a loaded base: where it comes from, in which dtype, and the runtime
+    for override in ("model.path=org/other", "model.dtype=bfloat16", "model.gguf_file=m.gguf"):
+        assert keys.base_artifact_key(load("model.source=hub", "model.path=org/model", override), cpu) != hub_key
+    assert keys.base_artifact_key(hub, torch.device("cuda")) != hub_key
     monkeypatch.setattr(torch, "__version__", "0.0.1")
-    assert key != keys.base_artifact_key(s, cpu)
+    assert key != keys.base_artifact_key(s, cpu) and hub_key != keys.base_artifact_key(hub, cpu)
     monkeypatch.setattr(keys, "package_version", lambda name: "0.0.1")
     assert evaluate != keys.evaluate_config(s)
