@@ -1,4 +1,5 @@
 import importlib.metadata
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -53,6 +54,9 @@ def test_key_depends_on_config_and_inputs():
     assert artifact_key("s", {"a": 1}) != artifact_key("s", {"a": 2})
     assert artifact_key("s", {"a": 1}, {"in": "x"}) != artifact_key("s", {"a": 1}, {"in": "y"})
     assert artifact_key("s", {"a": 1}) != artifact_key("t", {"a": 1})
+    assert artifact_key("s", {"a": 1, "b": {"c": 2, "d": 3}}) == artifact_key("s", {"b": {"d": 3, "c": 2}, "a": 1})
+    assert artifact_key("s", {"a": 1}, {"x": "k", "y": "l"}) == artifact_key("s", {"a": 1}, {"y": "l", "x": "k"})
+    assert artifact_key("s", {"p": Path("a")}) == artifact_key("s", {"p": "a"}) != artifact_key("s", {"p": Path("b")})
 
 
 def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
