@@ -151,3 +151,21 @@ def test_keys_follow_the_runtime_that_changes_numbers(monkeypatch):
     assert key != keys.base_artifact_key(s, cpu) and hub_key != keys.base_artifact_key(hub, cpu)
     monkeypatch.setattr(keys, "package_version", lambda name: "0.0.1")
     assert evaluate != keys.evaluate_config(s)
+
+
+def test_a_corpus_enters_a_key_by_its_content_or_its_world(tmp_path):
+    """A file corpus by the sha256 of its bytes (a hand-computed digest), a world corpus by the
+    world's fingerprint and its name: the corpus fingerprint that every training stage's key holds."""
+    import dataclasses
+    import hashlib
+
+    from maet import world
+
+    text = tmp_path / "sw.txt"
+    text.write_text("habari\n")
+    s = load()
+    file_corpus = dataclasses.replace(s.lang.corpus, source="local", path=str(text), format="text")
+    assert keys.fingerprint(s, file_corpus)["sha256"] == hashlib.sha256(b"habari\n").hexdigest()
+    world_corpus = dataclasses.replace(s.lang.corpus, source="world", path="general:sw")
+    assert keys.fingerprint(s, world_corpus) == {"source": "world", "world": world.world_fingerprint(s.world),
+                                                 "name": "general:sw"}
