@@ -280,3 +280,35 @@ def test_the_evaluation_key_holds_the_benchmark_it_reads(tmp_path):
     assert key(with_value(held, "train.heldout_fraction", 0.5)) != key(held)
     assert key(with_value(held, "lang.corpus.path", "other")) != key(held)
     assert key(with_value(s, "lang.corpus.path", "other")) == key(s)
+
+
+def test_the_text_a_stage_reads_enters_its_key_when_it_is_read_and_only_then(tmp_path):
+    """The data fields are left out of the two tests above (they enter by content): each one,
+    changed, changes the key of a stage that reads that text and of no other setting of it."""
+    s = with_value(load("report.seeds=1"), "eval.heldout", False)
+    general = ("source_lang.corpus.path", "general:xx")  # the English general text (θ_G, contrast)
+
+    def moves(config, settings, path, value):
+        return config(with_value(settings, path, value)) != config(settings)
+
+    assert moves(keys.ability_config, s, *general)
+    assert not moves(keys.ability_config, with_value(s, "extract.general", "none"), *general)
+    assert moves(keys.locate_config, with_value(s, "locate.contrast", True), *general)
+    assert not moves(keys.locate_config, with_value(s, "locate.contrast", False), *general)
+    weight_change = with_value(s, "locate.score", "weight_change")
+    assert moves(keys.locate_config, weight_change, "extract.full_lr", 0.5)
+    assert not moves(keys.locate_config, s, "extract.full_lr", 0.5)  # grad scores: no CPT
+    # a scratch base: the world's text, or the tokenizer files' bytes and the ability corpus
+    assert moves(keys.base_config, with_value(s, "model.scratch.corpus", "world"), "world.seed", 99)
+    files = []
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(name)
+        files.append(str(tmp_path / name))
+    from_files = with_value(with_value(s, "model.scratch.corpus", "files"), "model.scratch.tokenizer_files", files)
+    before = keys.base_config(from_files)
+    (tmp_path / "b.txt").write_text("changed")
+    assert keys.base_config(from_files) != before
+    assert moves(keys.base_config, from_files, "ability.corpus.path", "ability:xx")
+    pretrained = with_value(s, "model.scratch.pretrain_tokens", 64)
+    assert moves(keys.base_config, pretrained, "train.warmup_ratio", 0.5)
+    assert not moves(keys.base_config, with_value(s, "model.scratch.pretrain_tokens", 0), "train.warmup_ratio", 0.5)
