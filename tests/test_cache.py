@@ -90,9 +90,10 @@ def test_an_entry_is_written_beside_its_place_under_a_name_the_cleanup_finds(tmp
     named `.tmp-<key>-*`, the name a later writer of the key removes if a killed writer left it;
     the cache's folders are made as needed."""
     cache, seen = ArtifactCache(tmp_path / "not" / "yet"), []
-    cache.save("locate", "k1", {}, {"w": torch.ones(1)}, write_extra=seen.append)
+    cache.save("locate", "k1", {"config": {"path": Path("a")}}, {"w": torch.ones(1)}, write_extra=seen.append)
     assert seen[0].parent == cache.path("locate", "k1").parent and seen[0].name.startswith(".tmp-k1-")
     assert not seen[0].exists() and cache.exists("locate", "k1")
+    assert cache.meta("locate", "k1")["config"] == {"path": "a"}  # what JSON cannot hold, as text
 
 
 def test_cached_says_whether_the_value_was_loaded_or_computed(tmp_path):
