@@ -295,6 +295,9 @@ def test_the_text_a_stage_reads_enters_its_key_when_it_is_read_and_only_then(tmp
     assert not moves(keys.ability_config, with_value(s, "extract.general", "none"), *general)
     assert moves(keys.locate_config, with_value(s, "locate.contrast", True), *general)
     assert not moves(keys.locate_config, with_value(s, "locate.contrast", False), *general)
+    split = ("train.heldout_fraction", 0.5)  # which general documents are held out of training
+    assert moves(keys.locate_config, with_value(s, "locate.contrast", True), *split)
+    assert not moves(keys.locate_config, with_value(s, "locate.contrast", False), *split)
     weight_change = with_value(s, "locate.score", "weight_change")
     assert moves(keys.locate_config, weight_change, "extract.full_lr", 0.5)
     assert not moves(keys.locate_config, s, "extract.full_lr", 0.5)  # grad scores: no CPT
