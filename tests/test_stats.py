@@ -35,6 +35,8 @@ def test_mean_squares_and_standard_error_by_hand():
     assert e.mean == pytest.approx(0.5) and (e.low, e.high) == (0.0, 1.0)  # ± t(0.975, 1.5) = 6.02 se: clipped
     assert e.replications == 2 and e.items == 3
     assert e.components == pytest.approx((0.0, (1 / 2 - 1 / 6) / 2, 1 / 6))  # rep: MS_rep = MS_res -> 0
+    assert (e.se, e.df) == pytest.approx((math.sqrt(1 / 12), 1.5))
+    assert e.p == pytest.approx(2 * t_sf(0.5 / math.sqrt(1 / 12), 1.5))  # t test of mean = 0
     d = paired_difference(TABLE, np.zeros_like(TABLE))  # the same table as differences from a model that never scores
     assert d["diff"] == pytest.approx(0.5) and (d["se"], d["df"]) == pytest.approx((math.sqrt(1 / 12), 1.5))
     assert (d["low"], d["high"]) == (-1.0, 1.0)  # 0.5 ± 6.02 se, clipped to what a difference of proportions can be
@@ -66,6 +68,19 @@ def test_variance_components_and_their_degrees_of_freedom_by_hand():
 def t_quantile(q: float, df: float) -> float:
     from scipy.stats import t
     return float(t.ppf(q, df))
+
+
+def t_sf(x: float, df: float) -> float:
+    from scipy.stats import t
+    return float(t.sf(x, df))
+
+
+def test_a_difference_without_any_spread_has_a_zero_width_interval():
+    ones, zeros = np.ones((2, 3)), np.zeros((2, 3))  # every item, every replication: +1
+    d = paired_difference(ones, zeros)
+    assert (d["diff"], d["low"], d["high"], d["se"], d["p"]) == (1.0, 1.0, 1.0, 0.0, 0.0)
+    same = paired_difference(ones, ones)
+    assert (same["diff"], same["low"], same["high"], same["p"]) == (0.0, 0.0, 0.0, 1.0)
 
 
 def test_one_replication_is_over_items_only():
@@ -129,6 +144,7 @@ def test_numbers_as_the_tables_print_them():
     assert (percent(0.5, width=6), percent(None), percent(float("nan"))) == ("  50.0", "", "")
     assert interval_text(0.123, 0.081, 0.17) == "12.3 [8.1, 17.0]"
     assert interval_text(0.02, -0.01, 0.05, signed=True, width=5) == " +2.0 [-1.0, +5.0]"
+    assert interval_text(0.05, 0.01, 0.09, signed=True) == "+5.0 [+1.0, +9.0]"
     assert (p_text(0.0004), p_text(0.001), p_text(0.0123)) == ("p<0.001", "p=0.001", "p=0.012")
 
 
