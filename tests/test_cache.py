@@ -1,3 +1,5 @@
+import dataclasses
+import hashlib
 import importlib.metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -6,7 +8,7 @@ import pytest
 import torch
 
 from conftest import load
-from maet import keys, stages
+from maet import keys, stages, world
 from maet.cache import ArtifactCache, artifact_key
 from maet.types import pack_rows, unpack_rows
 
@@ -157,11 +159,6 @@ def test_keys_follow_the_runtime_that_changes_numbers(monkeypatch):
 def test_a_corpus_enters_a_key_by_its_content_or_its_world(tmp_path):
     """A file corpus by the sha256 of its bytes (a hand-computed digest), a world corpus by the
     world's fingerprint and its name: the corpus fingerprint that every training stage's key holds."""
-    import dataclasses
-    import hashlib
-
-    from maet import world
-
     text = tmp_path / "sw.txt"
     text.write_text("habari\n")
     s = load()

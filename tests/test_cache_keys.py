@@ -259,7 +259,7 @@ def test_the_evaluation_key_holds_the_benchmark_it_reads(tmp_path):
         return keys.evaluate_config(s)
 
     def other_world(s):
-        return dataclasses.replace(s, world=dataclasses.replace(s.world, seed=s.world.seed + 1))
+        return with_value(s, "world.seed", s.world.seed + 1)
 
     s = with_value(load("report.seeds=1"), "eval.heldout", False)  # the built-in world's arithmetic
     assert key(other_world(s)) != key(s)

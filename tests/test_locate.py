@@ -1,10 +1,13 @@
 from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import random_batches
-from maet import locate
+from conftest import load, random_batches
+from maet import context, locate, stages
+from maet.cache import ArtifactCache
+from maet.train import TrainStats
 from maet.model import block_linear_names
 from maet.types import layer_of
 from maet.settings import MODULES
@@ -126,13 +129,6 @@ def test_the_locate_stage_scores_the_ability_text_by_the_configured_score_less_g
     or random), subtracts the general text's scores where the score is contrastive (activation always,
     the others with locate.contrast), and selects `locate.ratio` rows of the result; the scoring
     functions are replaced by ones whose output says which text they scored."""
-    from types import SimpleNamespace
-
-    from conftest import load
-    from maet import context, stages
-    from maet.cache import ArtifactCache
-    from maet.train import TrainStats
-
     s = load(f"locate.score={score}", f"locate.contrast={str(contrast).lower()}", "locate.ratio=0.25",
              "locate.tokens=64", "train.batch_size=2", "train.seq_len=16")
     shapes = _shapes(tiny_model)

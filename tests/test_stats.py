@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from maet.stats import (accuracy, adjust_rows, crossed_se, holm, interval_text, mean_squares, min_detectable, p_text,
                         paired_difference, percent, wilson)
@@ -66,13 +67,11 @@ def test_variance_components_and_their_degrees_of_freedom_by_hand():
 
 
 def t_quantile(q: float, df: float) -> float:
-    from scipy.stats import t
-    return float(t.ppf(q, df))
+    return float(student_t.ppf(q, df))
 
 
 def t_sf(x: float, df: float) -> float:
-    from scipy.stats import t
-    return float(t.sf(x, df))
+    return float(student_t.sf(x, df))
 
 
 def test_a_difference_without_any_spread_has_a_zero_width_interval():
