@@ -237,8 +237,12 @@ def test_a_field_a_stage_reads_changes_its_own_key_or_leaves_its_artifact_bit_id
 
 def test_each_stage_caches_under_the_key_of_its_own_config_and_inputs(job):
     """The keys the two tests here reason about (`stage_keys`: each stage's config function and its
-    inputs' keys) are the keys the stages store their artifacts under."""
-    assert job.keys == stage_keys(job.s)
+    inputs' keys) are the keys the stages store their artifacts under; key-row R(Lj) takes the
+    mask's key too. Each stage runs here (not only in the fixture) so that mutmut maps it to this test."""
+    assert job.keys == stage_keys(job.s) == {stage: job.run(stage, job.s)[1] for stage in STAGES}
+    key_rows = with_value(job.s, "language.train", "key_neurons")
+    assert job.run("language", key_rows)[1] == artifact_key(
+        "language", keys.language_config(key_rows), {"base": job.base_key, "mask": job.mask_key})
 
 
 def test_a_field_no_stage_upstream_reads_leaves_the_key_alone(job):
@@ -307,6 +311,10 @@ def test_the_text_a_stage_reads_enters_its_key_when_it_is_read_and_only_then(tmp
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text(name)
         files.append(str(tmp_path / name))
+    # a world base is built from the world's own text, whatever corpus the ability stage reads
+    world_base = with_value(with_value(with_value(s, "model.scratch.corpus", "world"), "ability.corpus.source",
+                                       "local"), "ability.corpus.path", files[0])
+    assert moves(keys.base_config, world_base, "world.seed", 99)
     from_files = with_value(with_value(s, "model.scratch.corpus", "files"), "model.scratch.tokenizer_files", files)
     before = keys.base_config(from_files)
     (tmp_path / "b.txt").write_text("changed")

@@ -75,6 +75,18 @@ def test_key_row_language_training_moves_only_the_rows_of_the_mask(tmp_path):
     base.forget_resident()
 
 
+@pytest.mark.parametrize("params", ["blocks", "linear", "all"])
+def test_full_language_training_moves_the_parameters_language_params_names(tmp_path, params):
+    """R(Lj) by full CPT covers what `language.params` says: every block parameter, the block
+    matrices only (no norms), or every parameter (embeddings and final norm too)."""
+    ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, f"language.params={params}")
+    delta, _ = stages.language_stage(ctx, model, tokenizer, corpora, key, None, None)
+    in_blocks = {n for n in theta0 if ".layers." in n}
+    expected = {"blocks": in_blocks, "linear": {n for n in in_blocks if theta0[n].ndim == 2}, "all": set(theta0)}
+    assert {n for n, d in delta.items() if d.abs().max() > 0} == expected[params]
+    base.forget_resident()
+
+
 def test_the_merge_adds_only_the_rows_the_transfer_rule_kept(tmp_path):
     ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, "transfer.select=ratio", "transfer.keep=0.5",
                                                        "merge.alpha=0.7", "merge.beta=0.9")
