@@ -88,6 +88,13 @@ def with_value(s, path: str, value):
     return dataclasses.replace(s, **{head: with_value(getattr(s, head), rest, value) if rest else value})
 
 
+def with_values(s, changes: dict):
+    """A copy of the settings with each field path of `changes` set to its value."""
+    for path, value in changes.items():
+        s = with_value(s, path, value)
+    return s
+
+
 def perturbed(s, path: str):
     """A copy of the settings with the field at `path` changed."""
     return with_value(s, path, alternatives(s, path)[0])
@@ -272,8 +279,8 @@ def test_the_evaluation_key_holds_the_benchmark_it_reads(tmp_path):
     for name in ("mgsm/mgsm_sw.tsv", "mgsm/exemplars.json"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("a\t1\n")
-    mgsm = with_value(with_value(s, "eval.benchmark", "mgsm"), "eval.langs", ["sw"])
-    local = with_value(with_value(mgsm, "eval.source", "local"), "paths.data_dir", str(tmp_path))
+    mgsm = with_values(s, {"eval.benchmark": "mgsm", "eval.langs": ["sw"]})
+    local = with_values(mgsm, {"eval.source": "local", "paths.data_dir": str(tmp_path)})
     hub = with_value(local, "eval.source", "hub")
     before, hub_before = key(local), key(hub)
     (tmp_path / "mgsm" / "mgsm_sw.tsv").write_text("a\t2\n")  # one answer changed
@@ -312,10 +319,10 @@ def test_the_text_a_stage_reads_enters_its_key_when_it_is_read_and_only_then(tmp
         (tmp_path / name).write_text(name)
         files.append(str(tmp_path / name))
     # a world base is built from the world's own text, whatever corpus the ability stage reads
-    world_base = with_value(with_value(with_value(s, "model.scratch.corpus", "world"), "ability.corpus.source",
-                                       "local"), "ability.corpus.path", files[0])
+    world_base = with_values(s, {"model.scratch.corpus": "world", "ability.corpus.source": "local",
+                                 "ability.corpus.path": files[0]})
     assert moves(keys.base_config, world_base, "world.seed", 99)
-    from_files = with_value(with_value(s, "model.scratch.corpus", "files"), "model.scratch.tokenizer_files", files)
+    from_files = with_values(s, {"model.scratch.corpus": "files", "model.scratch.tokenizer_files": files})
     before = keys.base_config(from_files)
     (tmp_path / "b.txt").write_text("changed")
     assert keys.base_config(from_files) != before
