@@ -28,8 +28,8 @@ import numpy as np
 from scipy import stats as _scipy
 
 ESTIMATOR = ("95% t intervals over replications x items as crossed random factors (method-of-moments "
-             "variance components, Satterthwaite df); p: t test of the paired difference, Holm-adjusted "
-             "across the rows of a table")
+             "variance components, Satterthwaite df); p: t test of the paired difference, that comparison's "
+             "own; p (Holm): Holm-adjusted across the rows of its table")
 ONE_REPLICATION = ("one replication: intervals over items only (Wilson; paired t with exact McNemar p), "
                    "the variance between replications is not in them")
 
