@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 # Data from an explicit folder (DATA_FROM=...), else ../shared/data when present, else the hub.
-FETCH := $(PY) -m maet.fetch_data $(if $(DATA_FROM),--from $(DATA_FROM))
+FETCH := $(PY) -m maet.corpora.fetch_data $(if $(DATA_FROM),--from $(DATA_FROM))
 
 .PHONY: install data run test test-distributed mutation gpu-check results clean
 
@@ -39,7 +39,7 @@ test-distributed: install
 	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -rs -m distributed tests/test_distributed.py $(ARGS)
 
 # Mutation testing of the core by the fast suite (docs/mutation.md): mutmut over the modules in
-# pyproject's [tool.mutmut], JOBS mutants at a time (ONLY='maet.merging*' for one module), then the
+# pyproject's [tool.mutmut], JOBS mutants at a time (ONLY='maet.method.merging*' for one module), then the
 # score and every survivor not recorded as equivalent; fails below 90% killed.
 JOBS ?= 2
 mutation: install
@@ -55,7 +55,7 @@ gpu-check: install
 # Re-runs what README.md, sweeps/README.md and benchmarks/README.md show and rewrites those tables
 # in place (ONLY=name,name for some; LIST=1 to list them).
 results: install
-	$(OFFLINE) $(PY) -m maet.results $(if $(ONLY),--only $(ONLY)) $(if $(LIST),--list)
+	$(OFFLINE) $(PY) -m maet.reporting.results $(if $(ONLY),--only $(ONLY)) $(if $(LIST),--list)
 
 clean:
 	rm -rf outputs multirun .cache

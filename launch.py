@@ -24,16 +24,16 @@ if threads_share_the_cores(sys.argv[1:], os.environ):
 import hydra
 from omegaconf import DictConfig
 
-from maet.config import PROJECT_ROOT, register_resolvers
-from maet.settings import ConfigError
-from maet.validate import check_composition, check_group_overrides
+from maet.config.compose import check_composition, check_group_overrides
+from maet.schema.resolvers import PROJECT_ROOT, register_resolvers
+from maet.schema.settings import ConfigError
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from maet.pipeline import run  # imported here so that --help and bad overrides answer fast
+    from maet.engine.pipeline import run  # imported here so that --help and bad overrides answer fast
 
     try:
         return run(cfg)
@@ -46,7 +46,7 @@ if __name__ == "__main__":
         check_group_overrides(sys.argv[1:], PROJECT_ROOT / "conf")
         check_composition(sys.argv[1:], PROJECT_ROOT / "conf")
         if {"-m", "--multirun"} & set(sys.argv[1:]):  # every sweep point, before the first job starts
-            from maet.sweepcheck import check_sweep
+            from maet.config.sweepcheck import check_sweep
 
             check_sweep(sys.argv[1:], PROJECT_ROOT / "conf")
     except ConfigError as err:

@@ -11,8 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
@@ -20,7 +18,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "off
 
 def machine() -> str:
     """One line: CPU model and cores, RAM, GPU, torch, and the load when the benchmark started."""
-    from maet.results import load_average, machine_line
+    from maet.reporting.results import load_average, machine_line
 
     return f"{machine_line()}, load average {load_average():.1f} at start"
 
@@ -42,7 +40,7 @@ def save_results(name: str, results: dict, machine_line: str) -> Path:
     """`benchmarks/results/<name>.json` with the machine line (taken at the start) and the command."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    from maet.results import git_commit
+    from maet.reporting.results import git_commit
 
     payload = {"benchmark": name, "commit": git_commit(), "machine": machine_line,
                "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -1,7 +1,7 @@
 """Evaluation: batched generation vs batch size 1, through the project's lm-eval path.
 
 The default world's base model θ0 (from the artifact cache, built there if missing) answers the
-world's arithmetic benchmark in the target language with `maet.evaluate.run_lm_eval`, once with
+world's arithmetic benchmark in the target language with `maet.evaluation.evaluate.run_lm_eval`, once with
 `eval.batch_size=1` and once with the configured batch size. Reported: generated tokens/s of
 each (tokens of the responses, by the model's tokenizer) and the speed-up; the responses must be
 the same (greedy decoding).
@@ -20,13 +20,14 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from benchmarks.common import ROOT, machine, save_results
-from maet import evaluate, world
-from maet.cache import ArtifactCache
-from maet.config import register_resolvers
-from maet.model import resolve_device
-from maet.base import base_model
-from maet.context import Context
-from maet.validate import load_settings
+from maet import world
+from maet.config.compose import load_settings
+from maet.engine.base import base_model
+from maet.engine.context import Context
+from maet.evaluation import evaluate
+from maet.models.model import resolve_device
+from maet.schema.resolvers import register_resolvers
+from maet.store.cache import ArtifactCache
 
 
 def settings(overrides: list[str]):

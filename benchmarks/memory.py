@@ -9,10 +9,10 @@ the interpreter, torch and the weights:
 
 - `frozen`: forward + backward with every weight frozen (gradients of the activations only:
   the floor of any training step);
-- `rows`: one `maet.extract.train_rows` step at `--ratio` 0.05 (forward, backward, clip, AdamW);
+- `rows`: one `maet.method.extract.train_rows` step at `--ratio` 0.05 (forward, backward, clip, AdamW);
 - `rows_upfront`: the same step with every masked weight patched up front (a full-size copy
   and gradient per weight: how maet trained key rows before `PatchedRowsLinear`);
-- `full`: one `maet.extract.train_full` step of every parameter (with its CPU copy of θ0).
+- `full`: one `maet.method.extract.train_full` step of every parameter (with its CPU copy of θ0).
 
 Target: `rows` / `frozen` ≤ 1.15.
 
@@ -53,8 +53,8 @@ def make_model(hidden: int, layers: int, vocab: int, intermediate: int | None = 
 
 
 def random_mask(model, ratio: float) -> dict[str, torch.Tensor]:
-    from maet import locate
-    from maet.model import block_linear_names
+    from maet.method import locate
+    from maet.models.model import block_linear_names
 
     names = block_linear_names(model, MODULES)
     shapes = {n: p.shape for n, p in model.named_parameters() if n in names}
@@ -68,7 +68,7 @@ def rss_mib(field: str = "VmRSS") -> float:
 
 def step(case: str, model, batch: torch.Tensor, ratio: float) -> None:
     """One training step of `case` on `batch` `[1, seq]`."""
-    from maet import extract
+    from maet.method import extract
 
     if case == "frozen":
         model.train()
@@ -86,7 +86,7 @@ def step(case: str, model, batch: torch.Tensor, ratio: float) -> None:
 
 def measure_case(args) -> dict:
     """In this (fresh) process: build the model, reset the high-water mark, run one step."""
-    from maet.context import stage_peak_memory
+    from maet.engine.context import stage_peak_memory
 
     torch.set_num_threads(args.threads)
     model = make_model(args.hidden, args.layers, args.vocab)
@@ -119,7 +119,7 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def bf16_retention(hidden: int, steps: int, seq: int) -> dict:
     """Norm ratios (and cosines) of bf16 deltas to the fp32 delta from the same weights."""
-    from maet import extract
+    from maet.method import extract
 
     bf16 = make_model(hidden, 2, 1000, intermediate=2 * hidden).to(torch.bfloat16)
     fp32 = LlamaForCausalLM(bf16.config)

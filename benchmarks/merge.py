@@ -3,7 +3,7 @@
 A Llama of ≥ 100M parameters is generated here (θ0 and two fine-tuned copies θ1, θ2, sharded
 safetensors), in fp32 and in bf16. Both tools merge `θ0 + w1·(θ1 − θ0) + w2·(θ2 − θ0)` from disk
 into a Hugging Face checkpoint, each as its own process (command-line tool, imports included):
-`python -m maet.streaming` and `mergekit-yaml`. Reported: wall-clock and peak RSS of each and
+`python -m maet.scale.streaming` and `mergekit-yaml`. Reported: wall-clock and peak RSS of each and
 their ratios (MAET / mergekit, target ≤ 1.0), and the largest difference between the outputs in
 units of the dtype's rounding (eps · largest input magnitude of the tensor).
 
@@ -27,7 +27,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.common import machine, run_measured, save_results, verdict
-from maet.streaming import Checkpoint
+from maet.scale.streaming import Checkpoint
 
 WEIGHTS = (0.7, 0.4)
 MERGEKIT = "mergekit==0.1.5"
@@ -100,7 +100,7 @@ def bench(dtype_name: str, args, mergekit: Path, work: Path) -> dict:
             out = folder / f"out-{tool}"
             shutil.rmtree(out, ignore_errors=True)
             if tool == "maet":
-                cmd = [sys.executable, "-m", "maet.streaming", "--base", str(dirs[0]),
+                cmd = [sys.executable, "-m", "maet.scale.streaming", "--base", str(dirs[0]),
                        *[a for d, w in zip(dirs[1:], WEIGHTS, strict=True) for a in ("--model", f"{d}:{w}")], "--out", str(out)]
             else:
                 cmd = [str(mergekit), str(folder / "mergekit.yml"), str(out), "--no-copy-tokenizer",
@@ -135,7 +135,7 @@ def main() -> None:
         results = [bench(d, args, mergekit, work) for d in args.dtypes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nmerge, out-of-core: MAET (python -m maet.streaming) vs mergekit task_arithmetic — {machine_line}")
+    print(f"\nmerge, out-of-core: MAET (python -m maet.scale.streaming) vs mergekit task_arithmetic — {machine_line}")
     for r in results:
         ok = r["time_ratio"] <= 1.0 and r["rss_ratio"] <= 1.0 and r["max_diff_rounding_units"] <= 4
         print(f"{r['dtype']:>8}: {r['params'] / 1e6:.0f}M params ({r['checkpoint_mib']:.0f} MiB per checkpoint); "

@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from maet.data import render_gsm8k
+from maet.corpora.data import render_gsm8k
 
 
 def _counter(tokenizer: str | None, gguf: str | None):

@@ -2,11 +2,11 @@
 
 On one randomly initialised Llama (size set by flags) and the same random token batches:
 
-- **locate**: `maet.locate.grad_scores` (the `grad` score) vs a plain forward + backward pass of
+- **locate**: `maet.method.locate.grad_scores` (the `grad` score) vs a plain forward + backward pass of
   the same model over the same tokens (every parameter requires grad): tokens/s of both; target
   grad / plain time ≤ 1.2.
-- **key-neuron training** at `--ratio` (0.05): `maet.extract.train_rows` vs full fine-tuning of
-  every parameter with the same loop (`maet.extract.train_full`): optimizer-state bytes (read
+- **key-neuron training** at `--ratio` (0.05): `maet.method.extract.train_rows` vs full fine-tuning of
+  every parameter with the same loop (`maet.method.extract.train_full`): optimizer-state bytes (read
   from the AdamW state after the last step) and seconds per step; targets ≤ 10% and ≤ 1.0x.
 
     python -m benchmarks.stages [--hidden 256 --layers 4 --vocab 4000 --batch 8 --seq 128 --threads 1]
@@ -21,8 +21,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.common import machine, save_results, verdict
-from maet import extract, locate
-from maet.model import block_linear_names
+from maet.method import extract, locate
+from maet.models.model import block_linear_names
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -1,7 +1,7 @@
 """torch CPU threads for the built-in world's model, alone and with a second job on the same cores.
 
 The world's 0.67M-parameter Llama (`model=world_tiny`, batch 16 x 64 tokens as in
-`experiment=world`) trains with `maet.extract.train_full` for `--steps` steps in a fresh process
+`experiment=world`) trains with `maet.method.extract.train_full` for `--steps` steps in a fresh process
 per measurement, at three settings: one thread; torch's default (one per core) with OpenMP's
 default waiting (idle threads spin before they sleep); torch's default with
 `OMP_WAIT_POLICY=PASSIVE` (idle threads sleep at once; what `launch.py` sets unless the
@@ -33,9 +33,9 @@ def child(threads: int, steps: int, start_at: float) -> None:
     """In a fresh process: build the world model, wait for `start_at`, train, print tok/s."""
     import torch
 
-    from maet import extract
-    from maet.model import build_scratch_model
-    from maet.settings import ScratchSettings, TrainSettings
+    from maet.method import extract
+    from maet.models.model import build_scratch_model
+    from maet.schema.settings import ScratchSettings, TrainSettings
 
     if threads:
         torch.set_num_threads(threads)

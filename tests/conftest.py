@@ -9,15 +9,15 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from hydra import initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from maet.config import PROJECT_ROOT, register_resolvers  # noqa: E402
-from maet.fetch_data import missing_files  # noqa: E402
-from maet.model import build_scratch_model, train_tokenizer  # noqa: E402
-from maet.settings import ScratchSettings, Settings  # noqa: E402
-from maet.validate import compose_checked, load_settings, plain, reads_data_dir  # noqa: E402
+from maet.config.compose import compose_checked, load_settings, plain  # noqa: E402
+from maet.config.validate import reads_data_dir  # noqa: E402
+from maet.corpora.fetch_data import missing_files  # noqa: E402
+from maet.models.model import build_scratch_model, train_tokenizer  # noqa: E402
+from maet.schema.resolvers import PROJECT_ROOT, register_resolvers  # noqa: E402
+from maet.schema.settings import ScratchSettings, Settings  # noqa: E402
 
 # Where `make data` puts MGSM, GSM8K and the text samples (the default `paths.data_dir`).
 DATA_DIR = (PROJECT_ROOT / "data").resolve()

@@ -6,11 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import load
-from maet import keys, stages, world
-from maet.cache import ArtifactCache, artifact_key
-from maet.types import pack_rows, unpack_rows
+
+from maet import world
+from maet.engine import keys, stages
+from maet.method.types import pack_rows, unpack_rows
+from maet.schema import derived
+from maet.store.cache import ArtifactCache, artifact_key
 
 
 def test_artifacts_round_trip_bit_exactly(tmp_path):
@@ -111,7 +113,7 @@ def test_cached_says_whether_the_value_was_loaded_or_computed(tmp_path):
 
 def test_cpt_all_trains_on_the_same_total_tokens_as_maet():
     s = load("extract.tokens=1000", "language.tokens=300")
-    assert keys.cpt_all_config(s)["tokens"] == 2 * 1000 + 300 == keys.maet_training_tokens(s)
+    assert keys.cpt_all_config(s)["tokens"] == 2 * 1000 + 300 == derived.maet_training_tokens(s)
     s = load("extract.tokens=1000", "language.tokens=300", "extract.general=none")
     assert keys.cpt_all_config(s)["tokens"] == 1000 + 300
     assert keys.cpt_all_config(load("lang=bn")) != keys.cpt_all_config(load("lang=sw"))

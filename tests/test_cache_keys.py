@@ -14,13 +14,15 @@ import typing
 
 import pytest
 import torch
-
 from conftest import load
-from maet import base, context, keys, settings, stages, world
-from maet.cache import ArtifactCache, artifact_key
-from maet.settings import ConfigError, Settings
-from maet.validate import validate
 from test_resident import SMALL
+
+from maet import world
+from maet.config.validate import validate
+from maet.engine import base, context, keys, stages
+from maet.schema import settings
+from maet.schema.settings import ConfigError, Settings
+from maet.store.cache import ArtifactCache, artifact_key
 
 READS: set[str] | None = None  # while a stage function runs: the settings fields it has read
 

@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from maet import console
-from maet.config import PROJECT_ROOT
+from maet.runtime import console
+from maet.schema.resolvers import PROJECT_ROOT
 
 
 def launch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

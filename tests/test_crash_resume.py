@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import compose_config, load
-from maet import pipeline
-from maet.cache import ArtifactCache
-from maet.config import PROJECT_ROOT
 from test_launch import LEAN, SMALL, computed
+
+from maet.engine import pipeline
+from maet.schema.resolvers import PROJECT_ROOT
+from maet.store.cache import ArtifactCache
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def test_sigkill_during_each_stage_then_rerun_gives_the_uninterrupted_result(tmp
 
 WRITER = """
 import sys, time, torch
-from maet.cache import ArtifactCache
+from maet.store.cache import ArtifactCache
 def write(folder):
     (folder / "model.safetensors").write_bytes(b"half of a model")
     print("writing", flush=True)

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from maet import dashboard, train, wandbfile
-from maet.config import PROJECT_ROOT
 from test_launch import SMALL
+
+from maet.method import train
+from maet.reporting import dashboard, wandbfile
+from maet.schema.resolvers import PROJECT_ROOT
 
 
 def offline_run(run_dir: Path) -> wandbfile.OfflineRun:
@@ -77,9 +78,9 @@ def test_two_default_runs_differing_in_beta_are_told_apart_with_curves_and_paire
 
 
 def test_no_tracker_answers_everything_the_wandb_tracker_does():
-    from maet import tracking
-
     import inspect
+
+    from maet.reporting import tracking
 
     public = {n for n, v in vars(tracking.WandbTracker).items() if callable(v) and not n.startswith("_")}
     assert public <= set(dir(tracking.NoTracker))
@@ -94,8 +95,8 @@ def test_entries_read_from_the_cache_are_used_online_and_never_logged_as_outputs
 
     import wandb
 
-    from maet import tracking
-    from maet.settings import TrackerSettings
+    from maet.reporting import tracking
+    from maet.schema.settings import TrackerSettings
 
     calls = []
     run = types.SimpleNamespace(id="r1", dir=str(tmp_path), settings=types.SimpleNamespace(sync_dir=""),

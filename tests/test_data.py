@@ -2,8 +2,8 @@ import json
 
 import torch
 
-from maet import data
-from maet.settings import CorpusSettings
+from maet.corpora import data
+from maet.schema.settings import CorpusSettings
 
 
 def _tokens(tokenizer, docs):

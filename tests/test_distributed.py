@@ -1,4 +1,4 @@
-"""One job on N processes (`maet.distributed`): the single-process no-ops, the launch checks, and
+"""One job on N processes (`maet.runtime.distributed`): the single-process no-ops, the launch checks, and
 (`make test-distributed`, marker `distributed`) a reduced world job under torchrun on 2 CPU
 processes (gloo) whose deltas match the single-process run's."""
 
@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from maet import distributed
-from maet.cache import ArtifactCache
-from maet.config import PROJECT_ROOT
 from test_launch import SMALL
+
+from maet.runtime import distributed
+from maet.schema.resolvers import PROJECT_ROOT
+from maet.store.cache import ArtifactCache
 
 # Relative Frobenius error allowed between a delta trained on 2 processes and on one: the two
 # differ only in float rounding (the mean of two half-batch gradients vs the full-batch gradient;

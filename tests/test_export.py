@@ -1,5 +1,5 @@
-"""save.model=true (`maet.export`): the merged model as a Hugging Face checkpoint with a model card,
-equal to the evaluated model; push_to_hub through a stand-in for the hub; eval.backend (`maet.backends`)."""
+"""save.model=true (`maet.scale.export`): the merged model as a Hugging Face checkpoint with a model card,
+equal to the evaluated model; push_to_hub through a stand-in for the hub; eval.backend (`maet.models.backends`)."""
 
 import json
 import subprocess
@@ -7,16 +7,17 @@ import sys
 
 import pytest
 import torch
+from conftest import load
 from safetensors.torch import load_file
+from test_launch import LEAN, SMALL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import load
-from maet import backends, export
-from maet.config import PROJECT_ROOT
-from maet.methods import METHODS
-from maet.settings import ConfigError, EvalSettings
-from maet.types import unpack_rows
-from test_launch import LEAN, SMALL
+from maet.method.methods import METHODS
+from maet.method.types import unpack_rows
+from maet.models import backends
+from maet.scale import export
+from maet.schema.resolvers import PROJECT_ROOT
+from maet.schema.settings import ConfigError, EvalSettings
 
 
 @pytest.mark.slow

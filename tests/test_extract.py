@@ -1,10 +1,10 @@
 import torch
-
 from conftest import random_batches
-from maet import extract, locate
-from maet.model import block_linear_names, block_param_names
-from maet.settings import MODULES
-from maet.types import rows_to_dense
+
+from maet.method import extract, locate
+from maet.method.types import rows_to_dense
+from maet.models.model import block_linear_names, block_param_names
+from maet.schema.settings import MODULES
 
 LOOP = {"warmup_ratio": 0.0, "weight_decay": 0.0, "grad_clip": 1.0}  # train.* defaults, no warmup
 
@@ -128,7 +128,7 @@ def _upfront_train_rows(model, mask, batches, steps):
     front (`W.index_add(0, rows, D)` through functional_call), a full-size copy and gradient each."""
     from torch.func import functional_call
 
-    from maet.train import frozen, optimize
+    from maet.method.train import frozen, optimize
 
     weights = dict(model.named_parameters())
     rows = {n: mask[n] for n in weights if n in mask}
@@ -222,7 +222,7 @@ def test_half_precision_key_neuron_training_keeps_the_fp32_delta(tiny_model):
 def test_bf16_key_rows_train_the_weights_the_merge_rebuilds():
     """On a bf16 model the forward of key-row training uses bf16(W[r] + D) (added in fp32, rounded
     once), which is exactly what the merge builds for θ_A = θ0 + R: the model as trained."""
-    from maet.merging import merge_tensor
+    from maet.method.merging import merge_tensor
 
     g = torch.Generator().manual_seed(0)
     weight = (0.02 * torch.randn(12, 8, generator=g)).to(torch.bfloat16)

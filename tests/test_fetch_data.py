@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from maet import evaluate, fetch_data
-from maet.data import load_documents
-from maet.settings import CorpusSettings
+from maet.corpora import fetch_data
+from maet.corpora.data import load_documents
+from maet.evaluation import evaluate
+from maet.schema.settings import CorpusSettings
 
 
 def _hub_rows(lang: str) -> dict[str, list[dict]]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import needs_data, require_data
-from maet import report
-from maet.config import PROJECT_ROOT
+
+from maet.reporting import report
+from maet.schema.resolvers import PROJECT_ROOT
 
 # The default (experiment=small_delta, the built-in world's testbed), reduced: same pipeline, smaller
 # world, dev split, model and budgets.

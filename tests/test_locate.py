@@ -3,14 +3,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import load, random_batches
-from maet import context, locate, stages
-from maet.cache import ArtifactCache
-from maet.train import TrainStats
-from maet.model import block_linear_names
-from maet.types import layer_of
-from maet.settings import MODULES
+
+from maet.engine import context, stages
+from maet.method import locate
+from maet.method.train import TrainStats
+from maet.method.types import layer_of
+from maet.models.model import block_linear_names
+from maet.schema.settings import MODULES
+from maet.store.cache import ArtifactCache
 
 
 def _shapes(model):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from maet.merging import dare, swapped_layers, ties, trim
+from maet.method.merging import dare, swapped_layers, ties, trim
 
 
 def test_trim_keeps_the_largest_magnitudes():

@@ -5,7 +5,7 @@ method's own choices (M_T, TIES's election, DARE's drops) change the result."""
 import pytest
 import torch
 
-from maet.methods import METHODS, Deltas
+from maet.method.methods import METHODS, Deltas
 
 W = "model.layers.0.mlp.up_proj.weight"
 V = "model.layers.1.mlp.up_proj.weight"

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import random_batches
-from maet import regime
+
+from maet.method import regime
 
 
 def _base(model):

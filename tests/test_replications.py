@@ -4,8 +4,8 @@ a shared or pretrained base stays one, and the tables say which."""
 import pytest
 from conftest import load
 
-from maet.context import base_is_random, replication_settings
-from maet.summary import base_note
+from maet.engine.context import base_is_random, replication_settings
+from maet.reporting.summary import base_note
 
 
 @pytest.mark.parametrize("seed,k", [(0, 0), (0, 2), (5, 1)])

@@ -10,11 +10,12 @@ import yaml
 from conftest import load
 from omegaconf import OmegaConf
 
-from maet import compare, plots, report, summary as job_summary
-from maet.config import PROJECT_ROOT
-from maet.evaluate import split_items
-from maet.settings import ConfigError, EvalSettings
-from maet.types import layer_module
+from maet.evaluation.evaluate import split_items
+from maet.method.types import layer_module
+from maet.reporting import compare, plots, report
+from maet.reporting import summary as job_summary
+from maet.schema.resolvers import PROJECT_ROOT
+from maet.schema.settings import ConfigError, EvalSettings
 
 
 def fake_summary(lang: str, method: str, alpha: float, seed: int, per_seed: list[float],
@@ -315,7 +316,7 @@ def test_the_bayes_wandb_sweep_searches_what_the_optuna_preset_searches_on_dev_o
     for key, value in [("eval.split", "dev"), ("eval.dev_size", preset["eval"]["dev_size"]),
                        ("report.seeds", preset["report"]["seeds"])]:
         assert spec["parameters"][key]["value"] == value
-    assert "WANDB_SWEEP_ID" in spec["parameters"]["hydra.run.dir"]["value"]  # the runs in one folder for maet.report
+    assert "WANDB_SWEEP_ID" in spec["parameters"]["hydra.run.dir"]["value"]  # the runs in one folder for maet.reporting.report
 
 
 def test_best_on_test_over_a_folder_of_runs_chooses_on_dev_only(tmp_path):
@@ -332,7 +333,7 @@ def test_best_on_test_over_a_folder_of_runs_chooses_on_dev_only(tmp_path):
 def test_launcher_presets_compose():
     from hydra import compose, initialize_config_dir
 
-    from maet.config import register_resolvers
+    from maet.schema.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
@@ -348,7 +349,7 @@ def test_launcher_presets_compose():
 def test_parallel_jobs_get_one_gpu_each(monkeypatch):
     import torch
 
-    from maet.model import resolve_device
+    from maet.models.model import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
@@ -361,8 +362,8 @@ def test_parallel_jobs_get_one_gpu_each(monkeypatch):
 
 
 def test_cache_entries_are_logged_as_wandb_artifacts_by_reference(tmp_path):
-    from maet.settings import TrackerSettings
-    from maet.tracking import open_tracker
+    from maet.reporting.tracking import open_tracker
+    from maet.schema.settings import TrackerSettings
 
     entry = tmp_path / "cache" / "ability" / "k123"
     entry.mkdir(parents=True)

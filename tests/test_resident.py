@@ -2,10 +2,11 @@
 merges are built in place from it, and every job starts from exactly θ0. Per-stage memory."""
 
 import torch
-
 from conftest import compose_config, load
-from maet import base, context, world
-from maet.cache import ArtifactCache
+
+from maet import world
+from maet.engine import base, context
+from maet.store.cache import ArtifactCache
 
 SMALL = ["world.general_per_lang=200", "world.pretrain_general_per_lang=100", "world.parallel_per_lang=50",
          "world.ability_per_lang=50",
@@ -49,7 +50,7 @@ def test_stage_peak_memory_is_per_stage():
 def test_threads_is_validated_and_defaults_to_torchs_own():
     import pytest
 
-    from maet.settings import ConfigError
+    from maet.schema.settings import ConfigError
 
     with pytest.raises(ConfigError, match="threads=-1.*>= 0"):
         load("threads=-1")

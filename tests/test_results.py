@@ -3,8 +3,8 @@ the commit; a table whose command fails keeps its content under a line that says
 
 import pytest
 
-from maet import results
-from maet.config import PROJECT_ROOT
+from maet.reporting import results
+from maet.schema.resolvers import PROJECT_ROOT
 
 DOC = """# Title
 intro

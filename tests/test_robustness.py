@@ -9,14 +9,16 @@ import sys
 import warnings
 
 import pytest
-
 from conftest import DATA_DIR, compose_config, load
-from maet import context, pipeline, tracking
-from maet.cache import ArtifactCache
-from maet.config import PROJECT_ROOT
-from maet.settings import ConfigError
-from maet.tracking import redact
-from maet.validate import check_group_overrides, script_fraction
+
+from maet.config.compose import check_group_overrides
+from maet.config.validate import script_fraction
+from maet.engine import context, pipeline
+from maet.reporting import tracking
+from maet.reporting.tracking import redact
+from maet.schema.resolvers import PROJECT_ROOT
+from maet.schema.settings import ConfigError
+from maet.store.cache import ArtifactCache
 
 SHARED = "experiment=shared_data"
 # name, overrides ({tmp}: a scratch folder holding empty.txt, a_file and model folders), key, part of "allowed"
@@ -67,7 +69,8 @@ def scratch(tmp_path_factory, tokenizer):
     """A folder with an empty file, a plain file, and a local model whose tokenizer (about 320
     tokens) does not fit its declared embedding of 64 rows."""
     from conftest import TINY
-    from maet.model import build_scratch_model
+
+    from maet.models.model import build_scratch_model
 
     tmp = tmp_path_factory.mktemp("bad")
     (tmp / "empty.txt").write_text("")
@@ -216,7 +219,7 @@ def test_the_tracker_gets_the_config_without_secrets(monkeypatch):
 
 
 def test_no_pickle_and_no_unsafe_torch_load_in_the_code():
-    for path in [*(PROJECT_ROOT / "maet").glob("*.py"), PROJECT_ROOT / "launch.py"]:
+    for path in [*(PROJECT_ROOT / "maet").rglob("*.py"), PROJECT_ROOT / "launch.py"]:
         code = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+(pickle|cPickle|dill|joblib)\b", code, re.M), path
         for call in re.findall(r"torch\.load\([^)]*\)", code):
@@ -267,11 +270,11 @@ def test_key_neuron_training_does_not_depend_on_the_masks_order(tiny_model):
     """A mask read from the cache (safetensors: sorted by name) and one computed in-process
     (model order) give the same bits: the gradient-norm clip once summed in mask order."""
     import torch
-
     from conftest import random_batches
-    from maet import extract, locate
-    from maet.model import block_linear_names
-    from maet.settings import MODULES
+
+    from maet.method import extract, locate
+    from maet.models.model import block_linear_names
+    from maet.schema.settings import MODULES
 
     names = block_linear_names(tiny_model, list(MODULES))
     shapes = {n: p.shape for n, p in tiny_model.named_parameters() if n in names}
@@ -292,7 +295,7 @@ def test_a_stage_returns_its_tensors_in_one_order_computed_or_cached(tmp_path):
     """DARE draws its random drops tensor by tensor: the order must not depend on the cache."""
     import torch
 
-    from maet.train import TrainStats
+    from maet.method.train import TrainStats
 
     ctx = context.Context(load(), ArtifactCache(tmp_path), torch.device("cpu"))
     model_order = {"model.layers.1.mlp.up_proj.weight": torch.ones(2), "model.layers.0.self_attn.q_proj.weight":

@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import require_data
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
-from conftest import require_data
-from maet import distributed
-from maet.config import PROJECT_ROOT
-from maet.optuna_search import best_trial_command
 from test_launch import SMALL, launch
+
+from maet.reporting.optuna_search import best_trial_command
+from maet.runtime import distributed
+from maet.schema.resolvers import PROJECT_ROOT
 
 CONF = str(PROJECT_ROOT / "conf")
 

@@ -5,12 +5,11 @@ import sys
 
 import pytest
 import yaml
+from conftest import load
 from hydra.errors import MissingConfigException
 
-from conftest import load
-from maet.config import PROJECT_ROOT
-from maet.settings import ConfigError
-
+from maet.schema.resolvers import PROJECT_ROOT
+from maet.schema.settings import ConfigError
 
 _load = load
 
@@ -88,7 +87,7 @@ def test_hub_corpora_are_named_by_language():
     assert (s.lang.corpus.source, s.lang.corpus.path, s.lang.corpus.name) == ("hub", "wikimedia/wikipedia", "20231101.bn")
     assert s.source_lang.corpus.name == "20231101.en" and s.lang.corpus.max_tokens == 1_100_000
     science = _load("experiment=hub", "ability=science", "eval=global_mmlu_stem", "lang=sw")
-    from maet.evaluate import task_name
+    from maet.evaluation.evaluate import task_name
     assert task_name(science.eval, "sw") == "global_mmlu_full_sw_stem"
 
 
@@ -127,7 +126,7 @@ def test_a_bad_value_anywhere_in_a_sweep_fails_before_the_first_job(tmp_path):
 
 
 def test_sweep_check_covers_every_value_of_presets_and_the_command_line():
-    from maet.sweepcheck import check_sweep, swept_values
+    from maet.config.sweepcheck import check_sweep, swept_values
 
     conf = PROJECT_ROOT / "conf"
     fixed, swept = swept_values(["lang=sw,bn", "seed=3", "merge.alpha=interval(0,2)"],
@@ -182,9 +181,9 @@ def test_each_config_group_sets_only_the_keys_under_its_own_name():
 
 
 def test_help_lists_the_groups_and_every_key_with_its_doc():
-    from maet import helpdoc
+    from maet.config import helpdoc
 
-    assert helpdoc.main(["--check"]) == 0, "conf/hydra/help/maet.yaml is stale: run python -m maet.helpdoc"
+    assert helpdoc.main(["--check"]) == 0, "conf/hydra/help/maet.yaml is stale: run python -m maet.config.helpdoc"
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr

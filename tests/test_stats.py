@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from maet.stats import (accuracy, adjust_rows, crossed_se, holm, interval_text, mean_squares, min_detectable, p_text,
-                        paired_difference, percent, wilson)
+from maet.evaluation.stats import (
+    accuracy,
+    adjust_rows,
+    crossed_se,
+    holm,
+    interval_text,
+    mean_squares,
+    min_detectable,
+    p_text,
+    paired_difference,
+    percent,
+    wilson,
+)
 
 
 def test_wilson_interval_on_known_values():

@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from maet import streaming, transfer
-from maet.types import pack_rows
+from maet.method import transfer
+from maet.method.types import pack_rows
+from maet.scale import streaming
 
 
 def test_writer_output_is_read_back_exactly_by_the_safetensors_library(tmp_path):

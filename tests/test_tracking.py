@@ -1,8 +1,9 @@
 import pytest
-
 from conftest import compose_config
-from maet import pipeline, tracking
-from maet.settings import TrackerSettings
+
+from maet.engine import pipeline
+from maet.reporting import tracking
+from maet.schema.settings import TrackerSettings
 
 
 class Recorder(tracking.NoTracker):

@@ -3,9 +3,8 @@ import math
 import pytest
 import torch
 
-from maet import transfer
-from maet.methods import METHODS, Deltas
-
+from maet.method import transfer
+from maet.method.methods import METHODS, Deltas
 
 NAMES = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
 W0, W1, W2, W3 = NAMES
@@ -180,7 +179,7 @@ def test_each_method_takes_only_its_own_parameters():
 
 
 def test_one_arithmetic_for_dense_and_row_deltas():
-    from maet.merging import merge_tensor
+    from maet.method.merging import merge_tensor
 
     base, language, ability = _world()
     rows, values = ability[W0]

@@ -9,13 +9,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import load
-from maet import base, context, extract, stages, summary, world
-from maet.cache import ArtifactCache
-from maet.methods import METHODS, Deltas
-from maet.stages import Artifacts, seed_artifacts, transfer_stage, variant_weights
 from test_resident import SMALL
+
+from maet import world
+from maet.engine import base, context, stages
+from maet.engine.stages import Artifacts, seed_artifacts, transfer_stage, variant_weights
+from maet.method import extract
+from maet.method.methods import METHODS, Deltas
+from maet.reporting import summary
+from maet.store.cache import ArtifactCache
 
 FAST = [*SMALL, "train.batch_size=2", "train.seq_len=16", "locate.tokens=64", "extract.tokens=128",
         "language.tokens=64", "report.seeds=1"]

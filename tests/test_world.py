@@ -5,8 +5,8 @@ import re
 import pytest
 
 from maet import world
-from maet.settings import WorldLanguageSettings as Lang
-from maet.settings import WorldSettings
+from maet.schema.settings import WorldLanguageSettings as Lang
+from maet.schema.settings import WorldSettings
 
 SMALL = WorldSettings(
     languages=[Lang("en", "latin", "SVO", False, 0.0), Lang("sw", "latin", "SVO", True, 0.5),

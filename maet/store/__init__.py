@@ -1,0 +1,1 @@
+"""The content-addressed artifact cache: keys, locked entries, checksums, atomic writes."""
