@@ -9,9 +9,9 @@ import torch
 from conftest import load
 
 from maet import world
-from maet.engine import keys, stages
 from maet.method.types import pack_rows, unpack_rows
 from maet.schema import derived
+from maet.stages import builtin, keys
 from maet.store.cache import ArtifactCache, artifact_key
 
 
@@ -128,11 +128,11 @@ def test_cpt_all_mixes_the_ability_text_at_theta_a_budget_and_the_language_text_
     def mixed_batches(parts, tokenizer, **kwargs):
         raise Drawn([(docs, tokens) for docs, tokens in parts])
 
-    monkeypatch.setattr(stages.data, "mixed_batches", mixed_batches)
+    monkeypatch.setattr(builtin.data, "mixed_batches", mixed_batches)
     s = load("extract.tokens=1000", "language.tokens=300")
     corpora = SimpleNamespace(ability=["ability text"], language=["language text"])
     with pytest.raises(Drawn) as drawn:
-        stages.cpt_all_stage(SimpleNamespace(settings=s), None, None, corpora, "b0")
+        builtin.produce_cpt_all(s, None, None, corpora, {})
     assert drawn.value.args[0] == [(["ability text"], 1000), (["language text"], 1300)]
 
 

@@ -19,9 +19,13 @@ from test_resident import SMALL
 
 from maet import world
 from maet.config.validate import validate
-from maet.engine import base, context, keys, stages
+from maet.corpora.roles import load_corpora
+from maet.engine import base, context
+from maet.engine.runner import Artifacts, run_stage
 from maet.schema import settings
 from maet.schema.settings import ConfigError, Settings
+from maet.stages import keys
+from maet.stages.registry import STAGES as DECLARED
 from maet.store.cache import ArtifactCache, artifact_key
 
 READS: set[str] | None = None  # while a stage function runs: the settings fields it has read
@@ -140,7 +144,7 @@ class Job:
         self.tmp, self.s, self.world, self.runs = tmp, s, world.generate(s.world), 0
         self.reads: dict[str, set[str]] = {}
         self.model, self.tokenizer, self.base_key = self._call(base.base_model, s, self.reads.setdefault("base", set()))
-        self.corpora = context.load_corpora(s, self.world, self.tokenizer)
+        self.corpora = load_corpora(s, self.world, self.tokenizer)
         self.mask_key = stage_keys(s)["locate"]
         self.out, self.keys = {"base": self._weights(self.model)}, {"base": self.base_key}
         for stage in STAGES[1:]:
@@ -166,16 +170,11 @@ class Job:
         if stage == "base":
             model, _, key = self._call(base.base_model, s, reads)
             return self._weights(model), key
-        common = (self.model, self.tokenizer, self.corpora)
-        if stage == "locate":
-            return self._call(stages.locate_stage, s, reads, *common, self.base_key)
-        mask, mask_key = self.out["locate"], self.mask_key
-        if stage == "ability":
-            delta, theta_a, key = self._call(stages.ability_stage, s, reads, *common, mask, mask_key)
-            return {**delta, **{("theta_a", n): v for n, v in theta_a.items()}}, key
-        if stage == "language":
-            return self._call(stages.language_stage, s, reads, *common, self.base_key, mask, mask_key)
-        return self._call(getattr(stages, f"{stage}_stage"), s, reads, *common, self.base_key)
+        a = Artifacts({"mask": self.out["locate"]} if "locate" in self.out else {},
+                      {"base": self.base_key, "locate": self.mask_key})
+        self._call(run_stage, s, reads, DECLARED[stage], self.model, self.tokenizer, self.corpora, a)
+        main, *others = DECLARED[stage].yields  # the ability stage's θ_A beside R(A)
+        return {**a.get(main), **{(o, n): v for o in others for n, v in a.get(o).items()}}, a.keys[stage]
 
 
 STAGES = list(UPSTREAM)
@@ -218,9 +217,9 @@ def job(tmp_path_factory):
              "locate.tokens=64", "extract.tokens=64", "language.tokens=64", "oracle.tokens=64", "report.seeds=1",
              f"paths.cache_dir={tmp_path_factory.mktemp('keys')}")
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("base_artifact_key", "locate_config", "ability_config", "language_config", "oracle_config",
-                     "ability_full_config", "cpt_all_config"):
-            patch.setattr(keys, name, _muted(getattr(keys, name)))
+        patch.setattr(keys, "base_artifact_key", _muted(keys.base_artifact_key))
+        for name, stage in DECLARED.items():
+            patch.setitem(DECLARED, name, dataclasses.replace(stage, config=_muted(stage.config)))
         yield Job(tmp_path_factory.mktemp("runs"), s)
 
 

@@ -23,7 +23,7 @@ def offline_run(run_dir: Path) -> wandbfile.OfflineRun:
 
 @pytest.mark.slow
 def test_two_default_runs_differing_in_beta_are_told_apart_with_curves_and_paired_scalars(tmp_path):
-    """Done-when of issue 16: two real offline runs of the default job (reduced budgets) that
+    """Two real offline runs of the default job (reduced budgets) that
     differ only in merge.beta, sharing one cache (the second reads every artifact)."""
     common = [*SMALL, "report.seeds=1", "report.references=[language_only]", "tracker.curve_every=1",
               f"paths.cache_dir={tmp_path / 'cache'}"]

@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 from test_launch import LEAN, SMALL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from maet.method.methods import METHODS
 from maet.method.types import unpack_rows
 from maet.models import backends
 from maet.scale import export
 from maet.schema.resolvers import PROJECT_ROOT
 from maet.schema.settings import ConfigError, EvalSettings
+from maet.store.cache import ArtifactCache
 
 
 @pytest.mark.slow
@@ -87,10 +87,28 @@ def test_push_uploads_the_folder(tmp_path, monkeypatch):
     assert url.endswith("/commit/1")
 
 
-def test_every_linear_method_has_a_formula_and_exists():
-    assert set(export.LINEAR) == set(export.FORMULA) and set(export.LINEAR) <= set(METHODS)
-    for method, specs in export.LINEAR.items():
-        assert {stage for stage, _, _ in specs} == set(METHODS[method].needs)
+def test_the_export_writes_each_linear_method_from_the_files_and_coefficients_of_its_terms(tmp_path):
+    """The out-of-core merge reads, for each linear method of the registry, the cache files of the
+    artifacts its formula adds, with its coefficients (written out here per method); M_T ⊙ R(A) is
+    R(A)'s file read on the kept tensors only. TIES, DARE and layer swap are not linear."""
+    assert sorted(export.exportable()) == ["ability_full", "ability_only", "base", "cpt_all", "language_beta",
+                                           "language_only", "maet", "task_arithmetic"]
+    keys = {"base": "k0", "ability": "ka", "language": "kl", "ability_full": "kf", "cpt_all": "kc"}
+    cache = ArtifactCache(tmp_path)
+
+    def files(method):
+        s = load(f"method={method}", "merge.alpha=0.7", "merge.beta=0.9")
+        return [(d.path.relative_to(tmp_path).as_posix(), d.weight, d.names)
+                for d in export.deltas(s, cache, keys, kept=["t1"])]
+
+    assert files("maet") == [("language/kl/tensors.safetensors", 0.9, None),
+                             ("ability/ka/tensors.safetensors", 0.7, {"t1"})]
+    assert files("task_arithmetic") == [("language/kl/tensors.safetensors", 0.9, None),
+                                        ("ability_full/kf/tensors.safetensors", 0.7, None)]
+    assert files("language_beta") == [("language/kl/tensors.safetensors", 0.9, None)]
+    assert files("ability_only") == [("ability/ka/tensors.safetensors", 1.0, None)]
+    assert files("cpt_all") == [("cpt_all/kc/tensors.safetensors", 1.0, None)]
+    assert files("base") == []
 
 
 def test_vllm_model_args_and_checks(monkeypatch):

@@ -5,12 +5,15 @@ import pytest
 import torch
 from conftest import load, random_batches
 
-from maet.engine import context, stages
+from maet.engine import context
+from maet.engine.runner import Artifacts, run_stage
 from maet.method import locate
 from maet.method.train import TrainStats
 from maet.method.types import layer_of
 from maet.models.model import block_linear_names
 from maet.schema.settings import MODULES
+from maet.stages import builtin, training
+from maet.stages.registry import STAGES
 from maet.store.cache import ArtifactCache
 
 
@@ -143,16 +146,18 @@ def test_the_locate_stage_scores_the_ability_text_by_the_configured_score_less_g
     def train_full(model, names, batches, steps, lr, desc, **loop):
         calls.append((batches, steps))
         assert model is tiny_model and sorted(names) == sorted(shapes)
-        assert lr == s.extract.full_lr and loop == context.loop(s)
+        assert lr == s.extract.full_lr and loop == training.loop(s)
         delta = {n: v[:, None] for n, v in _fake_scores(shapes, batches).items()}  # row change: |v|
         return delta, TrainStats(tokens=64, steps=2)
 
-    monkeypatch.setattr(stages.cx, "batches", lambda settings, docs, tok, tokens: docs)
-    monkeypatch.setattr(stages.locate, "grad_scores" if score != "activation" else "activation_scores", scored)
-    monkeypatch.setattr(stages.extract, "train_full", train_full)
+    monkeypatch.setattr(builtin, "batches", lambda settings, docs, tok, tokens: docs)
+    monkeypatch.setattr(builtin.locate, "grad_scores" if score != "activation" else "activation_scores", scored)
+    monkeypatch.setattr(builtin.extract, "train_full", train_full)
     ctx = context.Context(s, ArtifactCache(tmp_path), torch.device("cpu"))
     corpora = SimpleNamespace(ability=ABILITY_DOCS, general=GENERAL_DOCS)
-    mask, _ = stages.locate_stage(ctx, tiny_model, tokenizer, corpora, "b0")
+    a = Artifacts.on("b0")
+    run_stage(ctx, STAGES["locate"], tiny_model, tokenizer, corpora, a)
+    mask = a.mask
 
     if score == "random":
         expected, texts = locate.random_scores(shapes, s.seed), []

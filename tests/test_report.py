@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from maet.evaluation.evaluate import split_items
 from maet.method.types import layer_module
-from maet.reporting import compare, plots, report
+from maet.reporting import compare, metrics, plots, report
 from maet.reporting import summary as job_summary
 from maet.schema.resolvers import PROJECT_ROOT
 from maet.schema.settings import ConfigError, EvalSettings
@@ -384,5 +384,5 @@ def test_the_source_language_column_follows_the_configured_source_language():
     row = summary["testbed"][0]
     row["arith_es"] = {**row["arith_en"], "mean": 0.6}
     assert report.job_row({**summary, "source_lang": "es"})["english"] == 0.6  # not whatever ends in _en
-    assert job_summary.source_cell({**summary, "source_lang": "de"}, row) is None
-    assert job_summary.method_row(summary) is row and job_summary.kept_tensors({"transfer": {"kept": ["t"]}}) == ["t"]
+    assert metrics.source_cell({**summary, "source_lang": "de"}, row) is None
+    assert metrics.method_row(summary) is row and metrics.kept_tensors({"transfer": {"kept": ["t"]}}) == ["t"]

@@ -1,4 +1,4 @@
-"""Cluster ergonomics (issue 15): site settings in conf/local/, SLURM requeue and one job per node
+"""Cluster ergonomics: site settings in conf/local/, SLURM requeue and one job per node
 of GPUs, the resumable Optuna search and its test run through the launcher, MGSM answer lengths."""
 
 import json

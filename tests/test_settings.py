@@ -47,7 +47,7 @@ def test_shared_data_config_is_valid():
     ("eval.langs=[sw,xx]", "eval.langs", "languages of the built-in world"),
     ("lang=te", "lang.corpus.path", "a corpus of the built-in world"),
     ("world.languages=[]", "world.languages", "includes en"),
-    ("report.references=[base,teacher]", "report.references", "base, ability, ability_full, language_only, language_beta, oracle"),
+    ("report.references=[base,teacher]", "report.references", "ability, ability_full, ability_only, base, cpt_all, dare"),
     ("experiment=shared_data report.references=[oracle]", "report.references", "built-in world"),
     ("experiment=shared_data paths.data_dir=/nonexistent/data", "paths.data_dir", "existing directory"),
     ("experiment=shared_data lang.corpus.path=/nonexistent.txt", "lang.corpus.path", "existing file"),

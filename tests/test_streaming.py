@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from maet.method import transfer
+from maet.method import merging
 from maet.method.types import pack_rows
 from maet.scale import streaming
 
@@ -63,7 +63,7 @@ def test_merge_of_checkpoints_and_deltas_equals_the_in_memory_merge(tiny_model, 
     assert stats["shards"] > 1 and (tmp_path / "out" / streaming.INDEX).is_file()
 
     task = {n: theta0[n] + 0.5 * (theta1[n] - theta0[n]) for n in theta0}
-    expected = {n: task[n] for n in theta0} | transfer.merge_weights(task, language, ability, kept, alpha=1.5, beta=0.7)
+    expected = {n: task[n] for n in theta0} | merging.merge_weights(task, language, ability, kept, alpha=1.5, beta=0.7)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=dtype or torch.float32)
     got = dict(merged.named_parameters())
     for n, value in expected.items():

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from maet.method import transfer
+from maet.method import merging, transfer
 from maet.method.methods import METHODS, Deltas
 
 NAMES = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
@@ -28,7 +28,8 @@ def _inputs(dtype=torch.float32, **params):
     full = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
     cpt = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
     transferred = {W0: ability[W0], W2: (ability[W2][0][:1], ability[W2][1][:1])}  # M_T: a strict subset
-    return Deltas(base, language, ability, transferred, full, cpt), PARAMS | params
+    return Deltas(base, language=language, ability=ability, transferred=transferred, ability_full=full,
+                  cpt_all=cpt, theta_a=ability, oracle=full), PARAMS | params
 
 
 def _apply(base, weights):
@@ -38,8 +39,8 @@ def _apply(base, weights):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_alpha_zero_gives_exactly_the_language_model(dtype):
     base, language, ability = _world(dtype=dtype)
-    merged = _apply(base, transfer.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=1.0))
-    language_model = _apply(base, METHODS["language_only"](Deltas(base, language, ability, {}), {}))
+    merged = _apply(base, merging.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=1.0))
+    language_model = _apply(base, METHODS["language_only"](Deltas(base, language=language, ability=ability), {}))
     for n in base:  # θ0 + R(Lj), written out: the sum in fp32, cast to θ0's dtype once
         expected = (base[n].float() + language[n]).to(dtype)
         assert torch.equal(merged[n], expected) and torch.equal(language_model[n], expected), n
@@ -49,14 +50,14 @@ def test_alpha_zero_gives_exactly_the_language_model(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_alpha_beta_zero_gives_exactly_the_base_model(dtype):
     base, language, ability = _world(dtype=dtype)
-    merged = _apply(base, transfer.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=0.0))
+    merged = _apply(base, merging.merge_weights(base, language, ability, list(ability), alpha=0.0, beta=0.0))
     assert all(torch.equal(merged[n], base[n]) and merged[n].dtype == dtype for n in base)
 
 
 def test_merge_matches_the_dense_formula():
     base, language, ability = _world()
     kept = [W0, W2]
-    merged = _apply(base, transfer.merge_weights(base, language, ability, kept, alpha=0.7, beta=0.5))
+    merged = _apply(base, merging.merge_weights(base, language, ability, kept, alpha=0.7, beta=0.5))
     for n in base:
         expected = base[n] + 0.5 * language[n]
         if n in kept:
@@ -187,7 +188,7 @@ def test_one_arithmetic_for_dense_and_row_deltas():
     expected = (base[W0] + 0.3 * language[W0]).index_add(0, rows, 2.0 * values)
     assert torch.equal(merged, expected)
     assert torch.equal(merge_tensor(base[W0]), base[W0])  # no delta: θ0 exactly
-    assert torch.equal(transfer.merge_weights(base, language, ability, [W0], 2.0, 0.3)[W0], merged)
+    assert torch.equal(merging.merge_weights(base, language, ability, [W0], 2.0, 0.3)[W0], merged)
 
 
 def test_row_similarity_is_the_cosine_of_each_key_row():

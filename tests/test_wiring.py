@@ -13,11 +13,14 @@ from conftest import load
 from test_resident import SMALL
 
 from maet import world
-from maet.engine import base, context, stages
-from maet.engine.stages import Artifacts, seed_artifacts, transfer_stage, variant_weights
+from maet.corpora.roles import load_corpora
+from maet.engine import base, context
+from maet.engine.runner import Artifacts, run_stage, seed_artifacts, transfer_step, variant_weights
 from maet.method import extract
-from maet.method.methods import METHODS, Deltas
+from maet.method.methods import METHODS, Deltas, choices
 from maet.reporting import summary
+from maet.stages import training
+from maet.stages.registry import STAGES
 from maet.store.cache import ArtifactCache
 
 FAST = [*SMALL, "train.batch_size=2", "train.seq_len=16", "locate.tokens=64", "extract.tokens=128",
@@ -29,7 +32,19 @@ def _job(tmp_path, *overrides):
     s = load(*FAST, f"paths.cache_dir={tmp_path}", *overrides)
     ctx = context.Context(s, ArtifactCache(tmp_path), torch.device("cpu"), world.generate(s.world))
     model, tokenizer, base_key, theta0 = base.resident_base(ctx)
-    return ctx, model, tokenizer, context.load_corpora(s, ctx.world, tokenizer), base_key, theta0
+    return ctx, model, tokenizer, load_corpora(s, ctx.world, tokenizer), base_key, theta0
+
+
+def stage_alone(ctx, name: str, model, tokenizer, corpora, a: Artifacts):
+    """(the stage's main artifact, its key) from running it alone on the artifacts `a` holds."""
+    run_stage(ctx, STAGES[name], model, tokenizer, corpora, a)
+    return a.get(STAGES[name].yields[0]), a.keys[name]
+
+
+def artifacts(**named) -> Artifacts:
+    """Artifacts from `artifact=value` and `<stage>_key=key` pairs (`base_key`: θ0's key)."""
+    return Artifacts({n: v for n, v in named.items() if not n.endswith("_key")},
+                     {n.removesuffix("_key"): v for n, v in named.items() if n.endswith("_key")})
 
 
 def _dense(rows: torch.Tensor, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -42,9 +57,9 @@ def test_r_a_is_theta_a_less_the_model_trained_on_general_text(tmp_path, general
     s = ctx.settings
     a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
     # θ_G trained here as METHOD.md says: the key rows, on English general text, θ_A's budget and lr
-    batches = context.batches(s, corpora.general, tokenizer, s.extract.tokens)
-    theta_g, _ = extract.train_rows(model, a.mask, batches, context.steps(s, s.extract.tokens), s.extract.lr, "θ_G",
-                                    **context.loop(s), optimizer=s.extract.optimizer)
+    batches = training.batches(s, corpora.general, tokenizer, s.extract.tokens)
+    theta_g, _ = extract.train_rows(model, a.mask, batches, training.steps(s, s.extract.tokens), s.extract.lr, "θ_G",
+                                    **training.loop(s), optimizer=s.extract.optimizer)
     for name, (rows, values) in a.ability.items():
         ability, general_move = a.theta_a[name][1].double(), theta_g[name][1].double()
         if general == "subtract":  # Eq. 2: θ_A − θ_G
@@ -62,7 +77,7 @@ def test_without_general_subtraction_r_a_is_theta_a_minus_theta_0(tmp_path):
     a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
     assert all(torch.equal(a.ability[n][1], a.theta_a[n][1]) for n in a.ability)
     s = ctx.settings  # θ_G is not trained either: the stage trains θ_A's budget once
-    assert ctx.stages["ability"].train_tokens == context.steps(s, s.extract.tokens) * s.train.batch_size * s.train.seq_len
+    assert ctx.stages["ability"].train_tokens == training.steps(s, s.extract.tokens) * s.train.batch_size * s.train.seq_len
     base.forget_resident()
 
 
@@ -83,7 +98,7 @@ def test_full_language_training_moves_the_parameters_language_params_names(tmp_p
     """R(Lj) by full CPT covers what `language.params` says: every block parameter, the block
     matrices only (no norms), or every parameter (embeddings and final norm too)."""
     ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, f"language.params={params}")
-    delta, _ = stages.language_stage(ctx, model, tokenizer, corpora, key, None, None)
+    delta, _ = stage_alone(ctx, "language", model, tokenizer, corpora, Artifacts.on(key))
     in_blocks = {n for n in theta0 if ".layers." in n}
     expected = {"blocks": in_blocks, "linear": {n for n in in_blocks if theta0[n].ndim == 2}, "all": set(theta0)}
     assert {n for n, d in delta.items() if d.abs().max() > 0} == expected[params]
@@ -94,7 +109,7 @@ def test_the_merge_adds_only_the_rows_the_transfer_rule_kept(tmp_path):
     ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, "transfer.select=ratio", "transfer.keep=0.5",
                                                        "merge.alpha=0.7", "merge.beta=0.9")
     a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
-    _, a.kept, a.transferred = transfer_stage(ctx, a.ability, a.language)
+    transfer_step(ctx, a)
     weights, _ = variant_weights("maet", ctx.settings, theta0, a)
     # M_T written out: the half of the ability tensors with the lowest cosine of R(A) (scattered) and R(Lj)
     cosine = {n: float(torch.nn.functional.cosine_similarity(
@@ -115,7 +130,7 @@ def test_replications_draw_their_own_batches_masks_deltas_and_base(tmp_path):
     first = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
     second_ctx = ctx.for_replication(1)  # the same base (shared): only the stage seed differs
     second = seed_artifacts(second_ctx, model, tokenizer, corpora, key, ["maet"])
-    batch = [next(iter(context.batches(c.settings, corpora.language, tokenizer, 64))) for c in (ctx, second_ctx)]
+    batch = [next(iter(training.batches(c.settings, corpora.language, tokenizer, 64))) for c in (ctx, second_ctx)]
     assert not torch.equal(*batch)
     assert any(not torch.equal(first.mask[n], second.mask[n]) for n in first.mask)
     assert all(not torch.equal(first.language[n], second.language[n]) for n in first.language)
@@ -134,7 +149,7 @@ def test_a_replication_computes_what_its_variants_need_and_nothing_else(tmp_path
     a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["oracle", "ability_full", "cpt_all"])
     assert a.mask is None and a.ability is None and a.language is None
     for name in ("oracle", "ability_full", "cpt_all"):
-        delta, stage_key = getattr(stages, f"{name}_stage")(ctx, model, tokenizer, corpora, key)  # a cache hit
+        delta, stage_key = stage_alone(ctx, name, model, tokenizer, corpora, Artifacts.on(key))  # a cache hit
         assert getattr(a, f"{name}_key") == stage_key and getattr(a, name).keys() == delta.keys()
         assert all(torch.equal(getattr(a, name)[n], delta[n]) for n in delta)
     assert len({a.oracle_key, a.ability_full_key, a.cpt_all_key}) == 3
@@ -143,13 +158,15 @@ def test_a_replication_computes_what_its_variants_need_and_nothing_else(tmp_path
     key_rows_ctx = dataclasses.replace(ctx, settings=dataclasses.replace(
         ctx.settings, language=dataclasses.replace(ctx.settings.language, train="key_neurons")))
     key_rows = seed_artifacts(key_rows_ctx, model, tokenizer, corpora, key, ["language_only"])
-    mask, mask_key = stages.locate_stage(key_rows_ctx, model, tokenizer, corpora, key)
+    alone = Artifacts.on(key)
+    stage_alone(key_rows_ctx, "locate", model, tokenizer, corpora, alone)
     assert key_rows.mask is not None and key_rows.ability is None
-    language, language_key = stages.language_stage(key_rows_ctx, model, tokenizer, corpora, key, mask, mask_key)
+    language, language_key = stage_alone(key_rows_ctx, "language", model, tokenizer, corpora, alone)
     assert key_rows.language_key == language_key != only_language.language_key
     theta_a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["ability"])  # the reference model θ_A
-    mask, mask_key = stages.locate_stage(ctx, model, tokenizer, corpora, key)
-    assert theta_a.ability_key == stages.ability_stage(ctx, model, tokenizer, corpora, mask, mask_key)[2]
+    alone = Artifacts.on(key)
+    stage_alone(ctx, "locate", model, tokenizer, corpora, alone)
+    assert theta_a.ability_key == stage_alone(ctx, "ability", model, tokenizer, corpora, alone)[1]
     assert theta_a.language is None and {a.base_key, theta_a.base_key} == {key}
     base.forget_resident()
 
@@ -180,7 +197,9 @@ LANGUAGE = {A: torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 10.0]]), B: torch.ten
 def test_the_transfer_stage_applies_every_transfer_setting(tmp_path, overrides, kept_rows):
     s = load("transfer.select=threshold", *overrides)
     ctx = context.Context(s, ArtifactCache(tmp_path), torch.device("cpu"))
-    similarity, kept, transferred = transfer_stage(ctx, ABILITY, LANGUAGE)
+    a = artifacts(ability=ABILITY, language=LANGUAGE)
+    similarity = transfer_step(ctx, a)
+    kept, transferred = a.kept, a.transferred
     assert similarity[A] == pytest.approx(1.0 if s.transfer.similarity == "rows" else 1 / 101 ** 0.5)
     assert similarity[B] == pytest.approx(0.0)
     assert sorted(kept) == sorted(kept_rows) and {n: rows.tolist() for n, (rows, _) in transferred.items()} == kept_rows
@@ -194,8 +213,9 @@ def test_reference_models_and_their_keys():
     base_w = {A: torch.zeros(3, 2), B: torch.ones(3, 2)}
     theta_a = {A: (torch.tensor([2]), torch.tensor([[5.0, 6.0]]))}
     oracle = {B: torch.full((3, 2), 2.0)}
-    a = Artifacts("b0", theta_a=theta_a, ability_key="ka", oracle=oracle, oracle_key="ko", ability=ABILITY,
-                  transferred=ABILITY, language=LANGUAGE, language_key="kl")
+    named = dict(base_key="b0", theta_a=theta_a, ability_key="ka", oracle=oracle, oracle_key="ko", ability=ABILITY,
+                 transferred=ABILITY, language=LANGUAGE, language_key="kl")
+    a = artifacts(**named)
     ability, ability_key = variant_weights("ability", s, base_w, a)
     assert list(ability) == [A] and torch.equal(ability[A], torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 6.0]]))
     oracle_w, oracle_key = variant_weights("oracle", s, base_w, a)
@@ -204,7 +224,7 @@ def test_reference_models_and_their_keys():
     assert len({ability_key, oracle_key, maet_key}) == 3
 
     def key(name, settings=s, **changes):
-        return variant_weights(name, settings, base_w, dataclasses.replace(a, **changes))[1]
+        return variant_weights(name, settings, base_w, artifacts(**named | changes))[1]
 
     assert key("ability", ability_key="kb") != ability_key and key("ability", base_key="b1") != ability_key
     assert key("ability", oracle_key="kp") == ability_key and key("oracle", ability_key="kb") == oracle_key
@@ -227,19 +247,21 @@ def test_every_method_gets_the_deltas_it_needs_and_a_key_of_its_own_that_follows
     base_w = {A: torch.zeros(3, 2), B: torch.ones(3, 2)}
     transferred = {B: ABILITY[B]}  # M_T ⊙ R(A): a strict subset of R(A)
     full, cpt = {A: torch.full((3, 2), 3.0), B: torch.full((3, 2), -2.0)}, {A: torch.full((3, 2), 7.0)}
-    a = Artifacts("b0", ability=ABILITY, theta_a={A: ABILITY[A]}, ability_key="ka", language=LANGUAGE,
-                  language_key="kl", oracle={B: torch.ones(3, 2)}, oracle_key="ko", ability_full=full,
-                  ability_full_key="kf", cpt_all=cpt, cpt_all_key="kc", transferred=transferred)
+    named = dict(base_key="b0", ability=ABILITY, theta_a={A: ABILITY[A]}, ability_key="ka", language=LANGUAGE,
+                 language_key="kl", oracle={B: torch.ones(3, 2)}, oracle_key="ko", ability_full=full,
+                 ability_full_key="kf", cpt_all=cpt, cpt_all_key="kc", transferred=transferred)
+    a = artifacts(**named)
     direct = Deltas(base_w, language=LANGUAGE, ability=ABILITY, transferred=transferred, ability_full=full,
                     cpt_all=cpt)
     model_keys = {}
-    for name, method in METHODS.items():
+    for name in choices():  # the methods (the reference models: test_reference_models_and_their_keys)
+        method = METHODS[name]
         weights, model_keys[name] = variant_weights(name, s, base_w, a)
         expected = method(direct, dataclasses.asdict(s.merge) | {"seed": s.seed})
         assert weights.keys() == expected.keys() and all(torch.equal(weights[n], expected[n]) for n in weights), name
-        assert variant_weights(name, s, base_w, dataclasses.replace(a, base_key="b1"))[1] != model_keys[name]
+        assert variant_weights(name, s, base_w, artifacts(**named | {"base_key": "b1"}))[1] != model_keys[name]
         for need, field in NEED_KEYS.items():
-            other = variant_weights(name, s, base_w, dataclasses.replace(a, **{field: "changed"}))[1]
+            other = variant_weights(name, s, base_w, artifacts(**named | {field: "changed"}))[1]
             assert (other != model_keys[name]) == (need in method.needs), (name, need)
     model_keys |= {ref: variant_weights(ref, s, base_w, a)[1] for ref in ("ability", "oracle")}
     assert len(set(model_keys.values())) == len(model_keys)

@@ -20,7 +20,6 @@ from typing import Any
 
 from maet.schema.settings import (
     MODULES,
-    REFERENCES,
     ConfigError,
     CorpusSettings,
     LangSettings,
@@ -238,12 +237,15 @@ def _merging(s: Settings) -> None:
     _check("merge.density", m.density, _finite(m.density) and 0 < m.density <= 1, "a number in (0, 1]")
     _check("merge.drop", m.drop, _finite(m.drop) and 0 <= m.drop < 1, "a number in [0, 1)")
     _check("merge.swap_k", m.swap_k, m.swap_k >= 0, "an integer >= 0 (layers at each end)")
-    from maet.method.methods import METHODS  # the registry decides which names exist (imported late: it needs torch)
+    # the registries decide which names exist (imported late: they need torch); the declared
+    # stages register the reference models they yield (θ_A as `ability`, the oracle)
+    from maet.method import methods
+    from maet.stages import registry  # noqa: F401
 
-    check_choice("method.name", s.method.name, tuple(sorted(METHODS)))
+    check_choice("method.name", s.method.name, tuple(methods.choices()))
     _positive_int("report.seeds", s.report.seeds)
     for ref in s.report.references:
-        check_choice("report.references", ref, REFERENCES)
+        check_choice("report.references", ref, tuple(sorted(methods.METHODS)))
     if "oracle" in s.report.references:
         _check("report.references", "oracle", s.lang.corpus.source == "world",
                "oracle only where target-language ability text exists (the built-in world)")
@@ -293,8 +295,8 @@ def _scale(s: Settings) -> None:
            "an integer > 0, auto or auto:N")
     backends.check_vllm(s.eval)
     if s.save.model:
-        _check("save.model", True, s.method.name in export.LINEAR, f"false with method={s.method.name}: the "
-               f"out-of-core merge writes the linear merges ({', '.join(export.LINEAR)})")
+        _check("save.model", True, s.method.name in export.exportable(), f"false with method={s.method.name}: "
+               f"the out-of-core merge writes the linear merges ({', '.join(export.exportable())})")
         _check("save.model", True, not s.model.gguf_file, "false with a GGUF base (the merge reads safetensors)")
         _check("save.model", True, s.transfer.granularity == "tensor", "false with transfer.granularity=row")
     _check("save.push_to_hub", s.save.push_to_hub, s.save.push_to_hub is None or

@@ -1,2 +1,1 @@
-"""The job engine: the job context and corpora, cache keys, stage adapters, the resident base
-model, and the pipeline that runs locate -> extract -> transfer -> evaluate."""
+"""The job engine: the job context and its records, one stage through the cache, the runner of\na replication (declared stages, transfer, the testbed's models and their evaluation), the\nresident base model, and the pipeline that runs a job and writes its outputs."""

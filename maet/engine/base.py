@@ -10,12 +10,14 @@ from pathlib import Path
 
 from maet import world
 from maet.corpora import data
-from maet.engine import keys
-from maet.engine.context import Context, documents, loop, steps, stored_curves
+from maet.corpora.roles import documents
+from maet.engine.context import Context, stored_curves
 from maet.method import extract, transfer
 from maet.method.train import TrainStats
 from maet.models.model import build_scratch_model, load_pretrained, train_tokenizer
 from maet.schema.settings import CorpusSettings, Settings
+from maet.stages import keys
+from maet.stages.training import loop, steps
 
 
 def scratch_text(s: Settings, w: world.World | None) -> tuple[list[str], list[str]]:

@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 from maet import world
-from maet.corpora import data
 from maet.method.train import TrainStats
-from maet.reporting.summary import StageRecord
+from maet.reporting.metrics import StageRecord
 from maet.schema.derived import base_is_random
-from maet.schema.settings import CorpusSettings, Settings
+from maet.schema.settings import Settings
 from maet.store.cache import ArtifactCache, artifact_key
 
 
@@ -95,50 +94,6 @@ def final_loss(curves: dict[str, list] | None) -> float | None:
 def stored_curves(cache: ArtifactCache, stage: str, key: str) -> dict[str, list] | None:
     """The loss curves a cache entry was made with (entries made before curves existed have none)."""
     return cache.meta(stage, key).get("curves") if cache.exists(stage, key) else None
-
-
-@dataclass
-class Corpora:
-    ability: list[str]     # C(L0,A)
-    general: list[str]     # C(L0), training part
-    language: list[str]    # C(Lj), training part
-    heldout: list[str]     # C(Lj), held-out part (evaluation only)
-    oracle: list[str]      # ability text in Lj (the built-in world only; trains the oracle, never MAET)
-
-
-def documents(corpus: CorpusSettings, w: world.World | None, tokenizer=None) -> list[str]:
-    """A corpus's documents; with a tokenizer, its `max_tokens` budget applies."""
-    return world.corpus(w, corpus.path) if corpus.source == "world" else data.load_documents(corpus, tokenizer)
-
-
-def load_corpora(s: Settings, w: world.World | None, tokenizer) -> Corpora:
-    general, _ = data.split_heldout(documents(s.source_lang.corpus, w, tokenizer), s.train.heldout_fraction)
-    language, heldout = data.split_heldout(documents(s.lang.corpus, w, tokenizer), s.train.heldout_fraction)
-    oracle = world.corpus(w, f"ability:{s.lang.code}") if s.lang.corpus.source == "world" else []
-    return Corpora(documents(s.ability.corpus, w, tokenizer), general, language, heldout, oracle)
-
-
-def uses_world(s: Settings) -> bool:
-    corpora = (s.ability.corpus, s.source_lang.corpus, s.lang.corpus)
-    return any(c.source == "world" for c in corpora) or s.eval.benchmark == "arith" or \
-        (s.model.source == "scratch" and s.model.scratch.corpus == "world")
-
-
-def batches(s: Settings, docs: list[str], tokenizer, tokens: int):
-    """`tokens` tokens of `docs` as `[train.batch_size, train.seq_len]` batches, in the order of `seed`."""
-    return data.batches(docs, tokenizer, tokens=tokens, batch_size=s.train.batch_size,
-                        seq_len=s.train.seq_len, seed=s.seed)
-
-
-def steps(s: Settings, tokens: int) -> int:
-    return data.num_steps(tokens, s.train.batch_size, s.train.seq_len)
-
-
-def loop(s: Settings) -> dict[str, float]:
-    """The keyword arguments of the training loop (`maet.method.train.optimize`) from `train.*` and
-    `tracker.curve_every`."""
-    return {"warmup_ratio": s.train.warmup_ratio, "weight_decay": s.train.weight_decay, "grad_clip": s.train.grad_clip,
-            "curve_every": s.tracker.curve_every}
 
 
 def reseed(seed: int, stage: str) -> None:

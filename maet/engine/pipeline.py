@@ -1,5 +1,5 @@
 """One job: locate -> extract -> transfer -> evaluate, for each seed, every artifact through the
-cache (`maet.engine.stages`), then its outputs: metrics.json (`maet.reporting.summary`), tables, plots, tracking.
+cache (`maet.engine.runner`), then its outputs: metrics.json (`maet.reporting.summary`), tables, plots, tracking.
 
 `run(cfg)` is what `launch.py` calls; `run_job(settings)` is the seed loop without outputs.
 """
@@ -19,9 +19,10 @@ from maet import world
 from maet.config.compose import load_settings
 from maet.config.validate import check_writable
 from maet.corpora import data
+from maet.corpora.roles import Corpora, load_corpora, uses_world
 from maet.engine.base import resident_base
-from maet.engine.context import Context, Corpora, load_corpora, uses_world
-from maet.engine.stages import Artifacts, evaluate_stage, seed_artifacts, transfer_stage, variant_weights
+from maet.engine.context import Context
+from maet.engine.runner import Artifacts, evaluate_stage, seed_artifacts, transfer_step, variant_weights
 from maet.evaluation import evaluate
 from maet.method import regime, transfer
 from maet.models.model import resolve_device
@@ -39,6 +40,7 @@ from maet.reporting.tracking import open_tracker
 from maet.runtime import console, distributed
 from maet.runtime.progress import progress
 from maet.schema.settings import Settings
+from maet.stages.registry import STAGES
 from maet.store.cache import ArtifactCache, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -97,20 +99,21 @@ def run_job(s: Settings) -> JobResult:
         corpora = corpora or load_corpora(s, ctx.world, tokenizer)  # the tokenizer does not depend on the seed
         torch.manual_seed(rep.settings.seed)
         a = seed_artifacts(rep, model, tokenizer, corpora, base_key, list(testbed.metrics))
-        similarity, a.kept, a.transferred = transfer_stage(rep, a.ability, a.language)
+        similarity = transfer_step(rep, a)
         if k == 0:
             testbed.regime = measure_regime(rep, model, tokenizer, corpora, base, a)
         evaluate_variants(rep, model, tokenizer, corpora, base, a, similarity, testbed)
         testbed.replications.append({"seed": rep.settings.seed, "base_seed": rep.settings.model.scratch.seed
                                      if rep.settings.model.source == "scratch" else None, "base": base_key})
     similarity, kept, a = testbed.first
-    mask_rows = {n: len(rows) for n, rows in (a.mask or {}).items()}
+    mask_rows = {n: len(rows) for n, rows in (a.get("mask") or {}).items()}
     runs = testbed.metrics[s.method.name]
     return JobResult(_mean_metrics(runs), runs, testbed.metrics, testbed.items, testbed.predictions, ctx.stages,
                      similarity, kept, tensor_rows(a, similarity, kept), mask_rows, model.num_parameters(),
                      testbed.regime, ctx.curves, testbed.replications)
 
 
+MASKS = {artifact for stage in STAGES.values() if stage.kind == "mask" for artifact in stage.yields}
 REGIME_DOCS = 16  # sequences of train.seq_len tokens per input set of the disentanglement error
 
 
@@ -120,16 +123,15 @@ def measure_regime(ctx: Context, model, tokenizer, corpora: Corpora, base: dict[
     deltas with R(Lj) (θ_A − θ0 on the key rows; the full ability delta of the merging baselines)
     on English ability text and held-out target-language text (`maet.method.regime`)."""
     start, s = time.perf_counter(), ctx.settings
-    deltas = {"theta_a": a.theta_a, "ability": a.ability, "transferred": a.transferred, "language": a.language,
-              "ability_full": a.ability_full, "oracle": a.oracle, "cpt_all": a.cpt_all}
-    out = {"relative_norm": {k: regime.relative_norm(base, d) for k, d in deltas.items() if d}}
-    if a.language and corpora.heldout and (a.theta_a or a.ability_full):
+    deltas = {k: d for k, d in a.values.items() if k not in MASKS and d}  # every delta of the replication
+    out = {"relative_norm": {k: regime.relative_norm(base, d) for k, d in deltas.items()}}
+    if a.get("language") and corpora.heldout and (a.get("theta_a") or a.get("ability_full")):
         def batch(docs):
             return next(data.batches(docs, tokenizer, tokens=REGIME_DOCS * s.train.seq_len, batch_size=REGIME_DOCS,
                                      seq_len=s.train.seq_len, seed=0))
         inputs = batch(corpora.ability), batch(corpora.heldout)
-        out["disentanglement"] = {k: regime.disentanglement_error(model, base, deltas[k], a.language, *inputs)
-                                  for k in ("theta_a", "ability_full") if deltas[k]}
+        out["disentanglement"] = {k: regime.disentanglement_error(model, base, deltas[k], a.get("language"), *inputs)
+                                  for k in ("theta_a", "ability_full") if k in deltas}
     ctx.record("regime", False, start)
     return out
 
@@ -137,13 +139,13 @@ def measure_regime(ctx: Context, model, tokenizer, corpora: Corpora, base: dict[
 def tensor_rows(a: Artifacts, similarity: dict[str, float], kept: list[str]) -> list[dict]:
     """One row per ability tensor t: key rows, cos(R(A)[t], R(Lj)[t]), transferred or not, and the
     Frobenius norms of R(A)[t] and R(Lj)[t]."""
-    language = a.language or {}
-    transferred = a.transferred or {}
+    language = a.get("language") or {}
+    transferred = a.get("transferred") or {}
     return [{"tensor": name, "key_rows": len(rows), "similarity": similarity.get(name, 0.0), "kept": name in kept,
              "kept_rows": len(transferred[name][0]) if name in transferred else 0,
              "ability_norm": float(values.float().norm()),
              "language_norm": float(language[name].float().norm()) if name in language else 0.0}
-            for name, (rows, values) in (a.ability or {}).items()]
+            for name, (rows, values) in (a.get("ability") or {}).items()]
 
 
 # ----------------------------------------------------------------------------- Hydra's view of the job

@@ -1,6 +1,7 @@
 """The merge arithmetic, one tensor at a time: `θ0 + combine(w_i·δ_i) + Σ w_j·R_j[rows]`, used
-by every method in memory (`maet.method.methods`, `maet.method.transfer`) and by the out-of-core merge
-(`maet.scale.streaming`); and the merge operators of the baselines.
+by every method in memory (`maet.method.methods`) and by the out-of-core merge
+(`maet.scale.streaming`); the general linear merge of whole deltas; and the merge operators of the
+baselines.
 
 TIES (Yadav et al., 2023): trim each task vector to its largest-magnitude entries, elect a
 sign per entry, and average the entries that agree with it. DARE (Yu et al., 2024): drop each
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+
+from maet.method.types import DenseDelta, RowDelta
 
 Combine = Callable[[list[torch.Tensor]], torch.Tensor]
 
@@ -29,6 +32,28 @@ def merge_tensor(theta0: torch.Tensor, dense: Sequence[tuple[float, torch.Tensor
     for w, index, values in rows:
         out = out.index_add(0, index.to(out.device), w * values.to(out.device))
     return out.to(dtype or theta0.dtype)
+
+
+def linear_merge(base: dict[str, torch.Tensor], terms: Sequence[tuple[float, DenseDelta | RowDelta]]
+                 ) -> dict[str, torch.Tensor]:
+    """New values of every tensor the terms touch: `θ0 + Σ w·δ`, each `δ` a dense delta
+    `{name: [out, in]}` or a row delta `{name: (rows[k], values[k, in])}`. Per tensor the dense
+    terms are summed first, in the given order, then the row terms are added in theirs
+    (`merge_tensor`); tensors no term touches are left out (they stay θ0)."""
+    merged = {}
+    for name in dict.fromkeys(n for _, delta in terms for n in delta):
+        dense = [(w, d[name]) for w, d in terms if name in d and not isinstance(d[name], tuple)]
+        rows = [(w, *d[name]) for w, d in terms if name in d and isinstance(d[name], tuple)]
+        merged[name] = merge_tensor(base[name], dense, rows)
+    return merged
+
+
+def merge_weights(base: dict[str, torch.Tensor], language: DenseDelta | None, ability: RowDelta | None,
+                  kept: list[str], alpha: float, beta: float) -> dict[str, torch.Tensor]:
+    """The paper's Eq. 3, `θ0 + β·R(Lj) + α·(M_T ⊙ R(A))`, with M_T the `kept` tensors of R(A):
+    the new values of every tensor it touches (θ0's dtypes). α = 0 gives exactly θ0 + β·R(Lj);
+    α = β = 0 gives exactly θ0."""
+    return linear_merge(base, [(beta, language or {}), (alpha, {n: ability[n] for n in kept})])
 
 
 def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -1,10 +1,13 @@
-"""The merge-method registry: what each `method=` builds from θ0 and the deltas.
+"""The merge-method registry: what each `method=` (and each reference model of the testbed)
+builds from θ0 and the deltas.
 
 A method is a small function from `Deltas` (θ0 and the artifacts it `needs`) and its own typed
 parameters (keyword arguments named after the `merge.*` keys it reads, plus `seed`) to the new
 values of the tensors it touches; tensors it leaves out are θ0. A baseline never pays for a
-stage it does not use, and never sees a parameter it does not read. Every method's arithmetic
-is `maet.method.merging.merge_tensor`.
+stage it does not use, and never sees a parameter it does not read. A linear method is declared
+by its terms, `θ0 + Σ coefficient·artifact`: the same terms build it in memory
+(`maet.method.merging.linear_merge`) and write it out of core (`maet.scale.export`). Every
+method's arithmetic is `maet.method.merging.merge_tensor`.
 """
 
 from __future__ import annotations
@@ -16,21 +19,29 @@ from dataclasses import dataclass
 import torch
 
 from maet.method import merging
-from maet.method.merging import merge_tensor
-from maet.method.transfer import merge_weights
-from maet.method.types import DenseDelta, RowDelta, layer_of
+from maet.method.merging import linear_merge, merge_tensor
+from maet.method.types import layer_of
 
 Weights = dict[str, torch.Tensor]
 
 
-@dataclass
 class Deltas:
-    base: Weights                           # θ0 tensors by name
-    language: DenseDelta | None = None      # R(Lj)
-    ability: RowDelta | None = None         # R(A) on the key rows
-    transferred: RowDelta | None = None     # M_T ⊙ R(A): the key rows the transfer stage kept
-    ability_full: DenseDelta | None = None  # θ_A,full − θ0: full-parameter CPT on C(L0,A)
-    cpt_all: DenseDelta | None = None       # full CPT on C(Lj) ∪ C(L0,A), same total budget
+    """θ0 (`base`: tensors by name) and the artifacts of one replication by name, e.g. `language`
+    (R(Lj)), `ability` (R(A) on the key rows), `transferred` (M_T ⊙ R(A)), `ability_full`,
+    `cpt_all`, `theta_a`, `oracle` (`maet.stages` declares them); an absent artifact reads None."""
+
+    def __init__(self, base: Weights, **artifacts):
+        self.base, self._artifacts = base, artifacts
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._artifacts.get(name)
+
+
+# M_T ⊙ R(A) is not a stage's artifact: the transfer step makes it from R(A) (and R(Lj)).
+MADE_FROM = {"transferred": "ability"}
+Term = tuple[str, "str | float"]  # (artifact, coefficient: a merge.* key such as "alpha", or a number)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class Method:
     doc: str
     tunable: bool           # reads merge.alpha, merge.beta and transfer.* (else they do not matter)
     params: tuple[str, ...]  # keyword arguments of `build`: merge.* keys (and `seed`)
+    terms: tuple[Term, ...] | None = None  # a linear method: θ0 + Σ coefficient·artifact (None: not linear)
+    reference: bool = False  # a reference model of the testbed (`report.references`), not a `method=` choice
 
     def __call__(self, deltas: Deltas, values: dict[str, float | int]) -> Weights:
         """The method's weights; `values` holds at least its `params` (others are ignored)."""
@@ -57,34 +70,35 @@ def register(name: str, needs: set[str], doc: str, tunable: bool = False):
     return wrap
 
 
-@register("base", set(), "θ0")
-def _base(d: Deltas) -> Weights:
-    return {}
+def register_linear(name: str, terms: list[Term], doc: str, tunable: bool = False, reference: bool = False) -> None:
+    """A linear method (or reference model) from its terms: it needs the artifacts they name (or
+    what those are made from) and reads the merge.* keys among their coefficients."""
+    params = tuple(sorted({w for _, w in terms if isinstance(w, str)}))
+
+    def build(d: Deltas, **values) -> Weights:
+        return linear_merge(d.base, [(values[w] if isinstance(w, str) else w, getattr(d, artifact) or {})
+                                     for artifact, w in terms])
+
+    needs = frozenset(MADE_FROM.get(artifact, artifact) for artifact, _ in terms)
+    METHODS[name] = Method(build, needs, doc, tunable, params, tuple(terms), reference)
 
 
-@register("language_only", {"language"}, "θ0 + R(Lj)")
-def _language_only(d: Deltas) -> Weights:
-    return merge_weights(d.base, d.language, None, [], alpha=0.0, beta=1.0)
+def choices() -> list[str]:
+    """The names `method=` accepts (the reference models are not among them)."""
+    return sorted(name for name, m in METHODS.items() if not m.reference)
 
 
-@register("language_beta", {"language"}, "θ0 + β·R(Lj): the language model at the merge's β")
-def _language_beta(d: Deltas, beta: float) -> Weights:
-    return merge_weights(d.base, d.language, None, [], alpha=0.0, beta=beta)
-
-
-@register("ability_full", {"ability_full"}, "θ_A,full: θ0 fully trained on C(L0,A) (the ability model of the baselines)")
-def _ability_full(d: Deltas) -> Weights:
-    return merge_weights(d.base, d.ability_full, None, [], alpha=0.0, beta=1.0)
-
-
-@register("ability_only", {"ability"}, "θ0 + R(A) on the key rows")
-def _ability_only(d: Deltas) -> Weights:
-    return merge_weights(d.base, None, d.ability, list(d.ability), alpha=1.0, beta=0.0)
-
-
-@register("maet", {"ability", "language"}, "θ0 + β·R(Lj) + α·(M_T ⊙ R(A))", tunable=True)
-def _maet(d: Deltas, alpha: float, beta: float) -> Weights:
-    return merge_weights(d.base, d.language, d.transferred, list(d.transferred), alpha, beta)
+register_linear("base", [], "θ0")
+register_linear("language_only", [("language", 1.0)], "θ0 + R(Lj)")
+register_linear("language_beta", [("language", "beta")], "θ0 + β·R(Lj): the language model at the merge's β")
+register_linear("ability_full", [("ability_full", 1.0)],
+                "θ_A,full: θ0 fully trained on C(L0,A) (the ability model of the baselines)")
+register_linear("ability_only", [("ability", 1.0)], "θ0 + R(A) on the key rows")
+register_linear("maet", [("language", "beta"), ("transferred", "alpha")], "θ0 + β·R(Lj) + α·(M_T ⊙ R(A))",
+                tunable=True)
+register_linear("task_arithmetic", [("language", "beta"), ("ability_full", "alpha")],
+                "θ0 + β·R(Lj) + α·(θ_A,full − θ0)", tunable=True)
+register_linear("cpt_all", [("cpt_all", 1.0)], "θ0 fully trained on C(Lj) ∪ C(L0,A) with MAET's total token budget")
 
 
 def _two_deltas(d: Deltas, alpha: float, beta: float, combine: merging.Combine | None = None) -> Weights:
@@ -95,11 +109,6 @@ def _two_deltas(d: Deltas, alpha: float, beta: float, combine: merging.Combine |
         dense = [(beta, d.language.get(name, zero)), (alpha, d.ability_full.get(name, zero))]
         out[name] = merge_tensor(d.base[name], dense, combine=combine)
     return out
-
-
-@register("task_arithmetic", {"language", "ability_full"}, "θ0 + β·R(Lj) + α·(θ_A,full − θ0)", tunable=True)
-def _task_arithmetic(d: Deltas, alpha: float, beta: float) -> Weights:
-    return _two_deltas(d, alpha, beta)
 
 
 @register("ties", {"language", "ability_full"}, "TIES merge of β·R(Lj) and α·(θ_A,full − θ0)", tunable=True)
@@ -126,8 +135,3 @@ def _layer_swap(d: Deltas, swap_k: int) -> Weights:
         if name in source:
             out[name] = merge_tensor(d.base[name], [(1.0, source[name])])
     return out
-
-
-@register("cpt_all", {"cpt_all"}, "θ0 fully trained on C(Lj) ∪ C(L0,A) with MAET's total token budget")
-def _cpt_all(d: Deltas) -> Weights:
-    return merge_weights(d.base, d.cpt_all, None, [], alpha=0.0, beta=1.0)

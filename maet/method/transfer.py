@@ -1,15 +1,12 @@
-"""Stage 3, transfer: which ability tensors to keep, and the merge
-`θ* = θ0 + β·R(Lj) + α·(M_T ⊙ R(A))` (the paper's Eq. 3).
-
-All functions are pure: tensors in, tensors out. The arithmetic is `maet.method.merging.merge_tensor`
-(fp32, cast to the base weight's dtype).
+"""Stage 3, transfer: which ability tensors to keep (M_T, from the cosine of R(A) and R(Lj) per
+tensor or per row); the merge `θ* = θ0 + β·R(Lj) + α·(M_T ⊙ R(A))` (the paper's Eq. 3) is
+`maet.method.merging.merge_weights`. All functions are pure: tensors in, tensors out.
 """
 
 from __future__ import annotations
 
 import torch
 
-from maet.method.merging import merge_tensor
 from maet.method.types import DenseDelta, RowDelta
 
 
@@ -79,23 +76,6 @@ def select_tensors(similarity: dict[str, float], select: str, tau: float, keep: 
         chosen = set(ranked[:max(1, round(keep * len(ranked)))])
         return [n for n in similarity if n in chosen]
     raise ValueError(f"unknown transfer.select {select!r}")
-
-
-def merge_weights(base: dict[str, torch.Tensor], language: DenseDelta | None, ability: RowDelta | None,
-                  kept: list[str], alpha: float, beta: float) -> dict[str, torch.Tensor]:
-    """New values of every tensor the merge touches: `θ0 + β·R(Lj) + α·(M_T ⊙ R(A))`.
-
-    `base` maps names to θ0 tensors; the result has the same dtypes. Tensors not in the result
-    are θ0 unchanged. α = 0 gives exactly θ0 + β·R(Lj); α = β = 0 gives exactly θ0.
-    """
-    language = language or {}
-    ability = {n: ability[n] for n in kept}  # none without R(A) (kept = [])
-    merged = {}
-    for name in dict.fromkeys([*language, *ability]):
-        dense = [(beta, language[name])] if name in language else []
-        rows = [(alpha, *ability[name])] if name in ability else []
-        merged[name] = merge_tensor(base[name], dense, rows)
-    return merged
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from maet.evaluation.stats import accuracy, adjust_rows, paired_difference
+from maet.reporting import metrics
 from maet.reporting.summary import comparisons_table, unbits
 
 COMPARISON_COLUMNS = ["lang", "a", "b", "a_job", "b_job", "diff", "low", "high", "p", "p_holm", "se", "df",
@@ -140,7 +141,6 @@ def main(argv: list[str]) -> int:
     """`python -m maet.reporting.compare RUN_A RUN_B`: do the intervals of two runs of one job overlap?
     Exit code 1 when a cell's do not."""
     import argparse
-    import json
     from pathlib import Path
 
     from tabulate import tabulate
@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m maet.reporting.compare", description=main.__doc__.split("\n")[0])
     parser.add_argument("runs", nargs=2, type=Path, help="two run dirs (or their metrics.json)")
     args = parser.parse_args(argv)
-    a, b = (json.loads((p / "metrics.json" if p.is_dir() else p).read_text()) for p in args.runs)
+    a, b = (metrics.read(p) for p in args.runs)
     rows = interval_agreement(a, b)
     print(tabulate([[r["model"], r["metric"], interval_text(r["a"]["mean"], r["a"]["low"], r["a"]["high"]),
                      interval_text(r["b"]["mean"], r["b"]["low"], r["b"]["high"]), "yes" if r["overlap"] else "NO"]

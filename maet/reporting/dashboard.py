@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maet.evaluation import lm_eval_files
+from maet.reporting.metrics import Summary, headline_value
 from maet.schema.settings import Settings
 
 CHOICE_TAGS = ("ablation", "experiment", "model", "lang")  # Hydra groups whose choice becomes a tag
@@ -106,13 +107,13 @@ def _cell_scalars(prefix: str, cell: dict) -> dict[str, float]:
     return {f"{prefix}/{f}": cell[f] for f in fields}
 
 
-def summary_scalars(summary: dict) -> dict[str, float | int | str | None]:
+def summary_scalars(summary: Summary) -> dict[str, float | int | str | None]:
     """Every number the results tables show, cache-independent: `testbed/<model>/<metric>/{mean,low,
     high}` (95% interval over replications x items), `testbed/<model>/vs_<ref>/{diff,low,high,p}` (paired, target
     language), the method's own as `paired/vs_<ref>/...`, the method against every other model as
     `compare/<a>-<b>/{diff,low,high,p,p_holm,resolves}` (the comparisons table), `compute/*`, and
     `stages/<stage>/*` (seconds, memory, final loss; `stages/total/*`)."""
-    out: dict = {"headline": summary["metrics"][summary["headline"]], **summary["metrics"]}
+    out: dict = {"headline": headline_value(summary), **summary["metrics"]}
     for row in summary["testbed"]:
         for key, cell in row.items():
             if isinstance(cell, dict):

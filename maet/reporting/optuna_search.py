@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+
+from maet.reporting import metrics
 
 # Keys the test run sets itself (the preset's dev-split settings do not apply to it).
 TEST_RUN_KEYS = ("eval.split", "eval.dev_size", "report.seeds", "report.references")
@@ -45,14 +46,12 @@ def finished_trials(sweep: Path, distributions: dict) -> tuple[list, int]:
     for overrides in sweep.glob("[0-9]*/.hydra/overrides.yaml"):
         job = overrides.parent.parent
         numbers.append(int(job.name))
-        metrics = job / "metrics.json"
-        if not metrics.is_file():
+        if not (job / "metrics.json").is_file():
             continue
-        summary = json.loads(metrics.read_text())
         pairs = dict(o.lstrip("+").split("=", 1) for o in yaml.safe_load(overrides.read_text()) or [] if "=" in o)
         params = {k: _cast(pairs[k], d) for k, d in distributions.items()}
         trials.append(optuna.trial.create_trial(params=params, distributions=distributions,
-                                                value=float(summary["metrics"][summary["headline"]])))
+                                                value=metrics.headline_value(metrics.read(job))))
     return trials, max(numbers) + 1
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import subprocess
 import sys
 import warnings
@@ -29,7 +28,7 @@ from hydra.experimental.callback import Callback
 from tabulate import tabulate
 
 from maet.evaluation.stats import ESTIMATOR, interval_text, p_text, percent
-from maet.reporting import plots
+from maet.reporting import metrics, plots
 from maet.reporting.compare import (
     COMPARISON_COLUMNS,
     comparisons,
@@ -38,7 +37,8 @@ from maet.reporting.compare import (
     pooled,
     short_setting,
 )
-from maet.reporting.summary import TEST_REFERENCES, method_row, source_cell
+from maet.reporting.metrics import method_row, source_cell
+from maet.reporting.summary import TEST_REFERENCES
 from maet.reporting.tracking import init_wandb
 
 COLUMNS = ["job", "lang", "method", "alpha", "seed", "setting", "split", "seeds", "accuracy", "low", "high",
@@ -66,7 +66,7 @@ def varying_keys(overrides: list[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({o.get(k) for o in overrides}) > 1]
 
 
-def job_row(summary: dict, job: str = "", setting: str = "") -> dict:
+def job_row(summary: metrics.Summary, job: str = "", setting: str = "") -> dict:
     """The numbers of one job's method (its own testbed row)."""
     row = method_row(summary)
     head = row[summary["headline"]]
@@ -87,7 +87,7 @@ def job_row(summary: dict, job: str = "", setting: str = "") -> dict:
     }
 
 
-def _method_correct(summary: dict) -> tuple[list[str], list[str]] | None:
+def _method_correct(summary: metrics.Summary) -> tuple[list[str], list[str]] | None:
     """(item ids, one 0/1 string per replication) of the job's method; None in older metrics.json files."""
     record = summary.get("correct")
     if not record or summary["method"] not in record["models"]:
@@ -102,14 +102,13 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
     swept = [k for k in varying_keys(overrides) if k not in OWN_COLUMNS]
     rows, failed = [], []
     for job, over in zip(jobs, overrides, strict=True):
-        metrics = job / "metrics.json"
         listed = f"job {job.name}: " + " ".join(f"{k}={v}" for k, v in over.items())
-        if not metrics.is_file():
+        if not (job / "metrics.json").is_file():
             failed.append(listed)
             continue
         try:
             setting = " ".join(f"{k}={over[k]}" for k in swept if k in over)
-            rows.append(job_row(json.loads(metrics.read_text()), job.name, setting))
+            rows.append(job_row(metrics.read(job), job.name, setting))
         except (ValueError, KeyError, StopIteration) as err:  # a truncated or foreign metrics.json
             failed.append(f"{listed} (unreadable metrics.json: {type(err).__name__}: {err})")
     rows.sort(key=lambda r: (r["lang"], r["method"], r["setting"], r["alpha"], r["seed"]))
@@ -118,7 +117,7 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
     return rows, failed
 
 
-def job_references(summary: dict) -> list[dict]:
+def job_references(summary: metrics.Summary) -> list[dict]:
     """The models a job evaluated beside its method (`report.references`): model, seeds, headline
     accuracy with its interval, English accuracy."""
     out = []
@@ -328,7 +327,7 @@ def test_run(sweep: Path, command: list[str], label: str) -> Path:
     if proc.returncode != 0:
         warnings.warn(f"the test run of the best trial failed (exit code {proc.returncode}); see {run_dir}")
         return run_dir
-    row = job_row(json.loads((run_dir / "metrics.json").read_text()), "best_on_test")
+    row = job_row(metrics.read(run_dir), "best_on_test")
     line = (f"Best trial on the test split (chosen on dev, evaluated once): {label} -> "
             f"{interval_text(row['accuracy'], row['low'], row['high']).replace(' [', '% [', 1)}, "
             f"vs language_only on the same items {_paired(row) or 'n/a'} ({run_dir})")

@@ -1,10 +1,6 @@
-"""The one place that knows the `metrics.json` schema and the metric names: the summary of a
-job (written by `maet.engine.pipeline.run`), the readers of it (`maet.reporting.report`, `maet.scale.streaming`), the
-tables printed at the end of a run, and its pictures.
-
-Metric names: `<benchmark>_<lang>` is the accuracy on the benchmark in a language (the headline
-is the target language's; `<benchmark>_<source_lang>` the retention of the ability in the source
-language), `<benchmark>_<lang>/n` its item count, `heldout_<lang>/bits_per_byte` the LM loss.
+"""The summary of a job: what the pipeline collected (`JobResult`) turned into the content of
+`metrics.json` (`job_summary`, schema: `maet.reporting.metrics`), the tables printed at the end of
+a run, and its pictures.
 """
 
 from __future__ import annotations
@@ -29,29 +25,11 @@ from maet.evaluation.stats import (
     score_table,
 )
 from maet.method.methods import METHODS
+from maet.reporting.metrics import StageRecord, Summary, metric_name
 from maet.schema.derived import base_is_random, maet_training_tokens
 from maet.schema.settings import Settings
+from maet.stages.registry import STAGES, stages_for
 from maet.store.cache import ArtifactCache
-
-
-def metric_name(benchmark: str, code: str) -> str:
-    """Accuracy on `benchmark` in language `code` (e.g. arith_sw)."""
-    return f"{benchmark}_{code}"
-
-
-@dataclass
-class StageRecord:
-    cached: bool
-    seconds: float
-    train_tokens: int = 0   # tokens trained on in this job (0 when the artifact came from the cache)
-    steps: int = 0
-    key: str | None = None
-    cost_tokens: int = 0    # tokens the artifact cost when it was made (also when cached)
-    peak_rss_mib: float = 0.0  # peak resident memory of the process during the stage (since the previous record)
-    peak_gpu_mib: float = 0.0  # peak CUDA memory allocated during the stage (0 on CPU)
-    optimizer_mib: float = 0.0  # optimizer state of the stage's training (0 when nothing was trained)
-    in_memory: bool = False    # base only: the model of the previous job in this process, not reloaded from disk
-    final_loss: float | None = None  # training loss at the last step of the stage's (last) loop, also when cached
 
 
 @dataclass
@@ -123,18 +101,11 @@ def testbed_rows(s: Settings, result: JobResult) -> list[dict]:
     return rows
 
 
-STAGES_OF = {"ability": ("locate", "ability"), "language": ("language",), "ability_full": ("ability_full",),
-             "cpt_all": ("cpt_all",), "oracle": ("oracle",)}
-
-
 def training_compute(s: Settings, result: JobResult) -> dict:
     """Training compute of the method for one seed: tokens of every stage it needs (cached ones
     counted at what they cost when made), FLOPs ≈ 6 · params · tokens, and the ratio to the
     training baseline cpt_all, whose budget is MAET's total training tokens."""
-    needs = METHODS[s.method.name].needs
-    stages = {st for need in needs for st in STAGES_OF[need]}
-    if "language" in needs and s.language.train == "key_neurons":
-        stages.add("locate")
+    stages = {stage.name for stage in stages_for(s, METHODS[s.method.name].needs)}
     per_stage = {st: result.stages[st].cost_tokens for st in sorted(stages) if st in result.stages}
     tokens = sum(per_stage.values())
     return {"tokens": tokens, "flops": 6 * result.n_params * tokens, "per_stage": per_stage,
@@ -181,7 +152,7 @@ def correct_record(s: Settings, result: JobResult) -> dict:
     return {"items": items, "models": {v: bits(table) for v, table in target.items()}}
 
 
-def job_summary(s: Settings, result: JobResult) -> dict:
+def job_summary(s: Settings, result: JobResult) -> Summary:
     """The content of metrics.json."""
     stages = {name: dataclasses.asdict(r) for name, r in result.stages.items()}
     return {
@@ -202,7 +173,7 @@ def job_summary(s: Settings, result: JobResult) -> dict:
     }
 
 
-def testbed_flat(summary: dict) -> tuple[list[str], list[list]]:
+def testbed_flat(summary: Summary) -> tuple[list[str], list[list]]:
     """(columns, rows) of the testbed with one number per cell (for W&B tables and CSV); a cell a
     row does not have (a model's difference to itself) is None."""
     flat_rows = []
@@ -219,7 +190,7 @@ def testbed_flat(summary: dict) -> tuple[list[str], list[list]]:
     return columns, [[flat.get(c) for c in columns] for flat in flat_rows]
 
 
-def testbed_table(summary: dict, fmt: str = "github") -> str:
+def testbed_table(summary: Summary, fmt: str = "github") -> str:
     """Accuracy (%) of every evaluated model in each language with 95% intervals, and bits per
     byte of held-out target-language text."""
     rows = summary["testbed"]
@@ -260,7 +231,7 @@ def resolution_line(rows: list[dict]) -> str:
             f"resolve its difference.")
 
 
-def stage_table(summary: dict) -> str:
+def stage_table(summary: Summary) -> str:
     """Stages grouped over seeds and models: computed / cached counts, seconds, training tokens,
     peak memory (RSS, GPU), optimizer state (largest over the group), final training loss (mean
     over the group's seeds; also for an artifact read from the cache)."""
@@ -282,7 +253,7 @@ def _mean_text(values: list[float | None]) -> str:
     return f"{sum(present) / len(present):.3f}" if present else ""
 
 
-def results_table(summary: dict) -> str:
+def results_table(summary: Summary) -> str:
     """The human-readable end of a run: models x languages, then the stages."""
     head = (f"MAET job: method={summary['method']} lang={summary['lang']} alpha={summary['alpha']} "
             f"beta={summary['beta']} model={summary['model']} replications={summary['seeds']} "
@@ -304,7 +275,7 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def intervals_note(summary: dict) -> str:
+def intervals_note(summary: Summary) -> str:
     """The lines under an accuracy table: the replications (how the base enters) and the estimator."""
     return f"Replications: {summary.get('base_note', '')}.\nIntervals: {summary.get('estimator', '')}."
 
@@ -321,24 +292,20 @@ def regime_lines(regime: dict, seed: int) -> list[str]:
     return lines
 
 
-STAGE_ARTIFACTS = ("base", "locate", "ability", "language", "oracle", "ability_full", "cpt_all")
-
-
-def stage_artifacts(summary: dict, cache: ArtifactCache) -> list[tuple[str, str, Path, bool]]:
+def stage_artifacts(summary: Summary, cache: ArtifactCache) -> list[tuple[str, str, Path, bool]]:
     """(name, type, cache folder, made by this job) of every weight artifact this job used (W&B
     references, no upload); made: computed here rather than read from the cache."""
     found: dict[str, list] = {}
     for name, record in summary["stages"].items():
         stage = name.split("/")[0]
-        if stage in STAGE_ARTIFACTS and record["key"] and cache.exists(stage, record["key"]):
+        if stage in {"base", *STAGES} and record["key"] and cache.exists(stage, record["key"]):
             entry = found.setdefault(f"{stage}-{record['key']}", [
-                "mask" if stage == "locate" else "model" if stage == "base" else "delta",
-                cache.path(stage, record["key"]), False])
+                "model" if stage == "base" else STAGES[stage].kind, cache.path(stage, record["key"]), False])
             entry[2] = entry[2] or not record["cached"]
     return [(name, kind, path, made) for name, (kind, path, made) in found.items()]
 
 
-def run_plots(summary: dict, folder: Path) -> dict[str, Path]:
+def run_plots(summary: Summary, folder: Path) -> dict[str, Path]:
     """PNG pictures of one run: key neurons and R(A)/R(Lj) similarity per layer x module."""
     from maet.reporting import plots  # matplotlib only where pictures are drawn
 
@@ -356,21 +323,3 @@ def paired_text(cell: dict | None) -> str:
     if cell is None:
         return ""
     return f"{interval_text(cell['diff'], cell['low'], cell['high'], signed=True, width=5)} {p_text(cell['p'])}"
-
-
-# ----------------------------------------------------------------------------- readers of metrics.json
-def method_row(summary: dict) -> dict:
-    """The testbed row of the job's own method."""
-    return next(r for r in summary["testbed"] if r["model"] == summary["method"])
-
-
-def source_cell(summary: dict, row: dict) -> dict | None:
-    """The row's accuracy cell in the source language (English retention), None if not evaluated."""
-    benchmark = summary["headline"].removesuffix(f"_{summary['lang']}")
-    cell = row.get(metric_name(benchmark, summary.get("source_lang", "en")))  # older files: English was the source
-    return cell if isinstance(cell, dict) and "mean" in cell else None
-
-
-def kept_tensors(summary: dict) -> list[str]:
-    """The ability tensors the job transferred (its first seed)."""
-    return summary["transfer"]["kept"]

@@ -4,40 +4,38 @@ and the deltas in the artifact cache), with the tokenizer, a model card (`README
 coefficients, source artifacts, metrics) and `maet_merge.json` (the same, machine-readable);
 uploaded with `huggingface_hub` when `save.push_to_hub` names a repo.
 
-Linear merges only (the streaming merge is `θ0 + Σ w·δ + Σ w·R[rows]`): the methods in LINEAR.
+Linear merges only (the streaming merge is `θ0 + Σ w·δ + Σ w·R[rows]`): the methods the registry
+declares by their terms (`maet.method.methods.register_linear`), written from those same terms.
 The written tensors equal the evaluated model's (the same `maet.method.merging.merge_tensor`, same order).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
+from maet.method.methods import MADE_FROM, METHODS
 from maet.scale.streaming import Delta, merge_to_checkpoint
 from maet.schema.settings import Settings
+from maet.stages.registry import stage_of
 from maet.store.cache import TENSORS, ArtifactCache
 
-# method -> the artifacts it adds to θ0, each as (stage, coefficient: "alpha" | "beta" | 1.0, kept tensors only)
-LINEAR: dict[str, list[tuple[str, str | float, bool]]] = {
-    "base": [],
-    "language_only": [("language", 1.0, False)],
-    "ability_only": [("ability", 1.0, False)],
-    "maet": [("language", "beta", False), ("ability", "alpha", True)],
-    "task_arithmetic": [("language", "beta", False), ("ability_full", "alpha", False)],
-    "cpt_all": [("cpt_all", 1.0, False)],
-}
-FORMULA = {"base": "θ0", "language_only": "θ0 + R(Lj)", "ability_only": "θ0 + R(A) on the key rows",
-           "maet": "θ0 + β·R(Lj) + α·(M_T ⊙ R(A))", "task_arithmetic": "θ0 + β·R(Lj) + α·(θ_A,full − θ0)",
-           "cpt_all": "θ0 + (θ_cpt_all − θ0)"}
+
+def exportable() -> list[str]:
+    """The methods the out-of-core merge can write: the linear ones of the registry."""
+    return [name for name, m in METHODS.items() if m.terms is not None and not m.reference]
 
 
 def deltas(s: Settings, cache: ArtifactCache, keys: dict[str, str], kept: list[str]) -> list[Delta]:
-    """The delta files of the method's merge with their coefficients (`keys`: stage -> cache key)."""
-    weight = {"alpha": s.merge.alpha, "beta": s.merge.beta}
-    return [Delta(cache.path(stage, keys[stage]) / TENSORS, weight.get(w, w), set(kept) if only_kept else None)
-            for stage, w, only_kept in LINEAR[s.method.name]]
+    """The delta files of the method's linear terms with their coefficients (`keys`: stage -> cache
+    key); M_T ⊙ R(A) is R(A)'s file read on the kept tensors only."""
+    merge = dataclasses.asdict(s.merge)
+    return [Delta(cache.path(stage_of(artifact), keys[stage_of(artifact)]) / TENSORS,
+                  merge[w] if isinstance(w, str) else w, set(kept) if artifact in MADE_FROM else None)
+            for artifact, w in METHODS[s.method.name].terms]
 
 
 def base_folder(s: Settings, cache: ArtifactCache, base_key: str) -> Path:
@@ -68,7 +66,7 @@ language: [{s.lang.code}, {s.source_lang.code}]
 
 Built by [maet](https://arxiv.org/abs/2410.07825) (Multi-lingual Ability Extraction and Transfer):
 the ability `{s.ability.name}` learnt from {s.source_lang.name} text, moved to {s.lang.name} by weight
-arithmetic, `{FORMULA[s.method.name]}`, written tensor by tensor from the artifacts below
+arithmetic, `{METHODS[s.method.name].doc}`, written tensor by tensor from the artifacts below
 (seed {s.seed}; {len(record['kept'])} ability tensors transferred).
 
 | coefficient | value |
@@ -100,7 +98,8 @@ def save_model(s: Settings, cache: ArtifactCache, keys: dict[str, str], kept: li
                     "transfer.select": s.transfer.select, "transfer.tau": s.transfer.tau,
                     "transfer.similarity": s.transfer.similarity, "locate.ratio": s.locate.ratio}
     record = {"coefficients": coefficients, "kept": sorted(kept), "metrics": metrics, "merge": stats,
-              "artifacts": {stage: keys[stage] for stage in ["base", *(st for st, _, _ in LINEAR[s.method.name])]}}
+              "artifacts": {stage: keys[stage] for stage in
+                            ["base", *dict.fromkeys(stage_of(a) for a, _ in METHODS[s.method.name].terms)]}}
     (out / "maet_merge.json").write_text(json.dumps(record, indent=2, default=str))
     (out / "README.md").write_text(model_card(s, record))
     if s.save.push_to_hub:

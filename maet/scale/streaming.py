@@ -29,7 +29,7 @@ import torch
 
 from maet.method.merging import merge_tensor
 from maet.method.types import ROWS, VALUES
-from maet.reporting.summary import kept_tensors
+from maet.reporting.metrics import kept_tensors
 from maet.runtime.progress import progress
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

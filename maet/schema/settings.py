@@ -17,7 +17,6 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-REFERENCES = ("base", "ability", "ability_full", "language_only", "language_beta", "oracle")
 
 
 def choices(name: str, *values: str) -> type[StrEnum]:
