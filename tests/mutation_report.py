@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "docs" / "mutation.md"
 # a row names mutants of one function: a number (`maet.method.merging.x_trim__mutmut_11`), a range
-# (`maet.method.methods.x_register__mutmut_1..18`) or a list of both (`maet.engine.keys.x_runtime__mutmut_1, 4..6`)
+# (`maet.method.methods.x_register__mutmut_1..18`) or a list of both (`maet.stages.keys.x_runtime__mutmut_1, 4..6`)
 EQUIVALENT = re.compile(r"^\| `(maet\.[\w.ǁ]+__mutmut_)(\d+(?:\.\.\d+)?(?:, \d+(?:\.\.\d+)?)*)` \| (.+?) \|$", re.M)
 
 
