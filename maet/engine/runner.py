@@ -151,8 +151,8 @@ def variant_weights(name: str, s: Settings, base: dict[str, torch.Tensor], a: Ar
     inputs = {"base": a.keys["base"]}
     if method.reference:  # θ0 + one artifact of a stage: keyed by the artifact and that stage's key
         ((artifact, _),) = method.terms
-        return weights, artifact_key("model", {"variant": artifact}, inputs | {stage_of(artifact): a.keys[
-            stage_of(artifact)]})
+        stage = stage_of(artifact)
+        return weights, artifact_key("model", {"variant": artifact}, inputs | {stage: a.keys[stage]})
     config = {"method": name, "params": {p: values[p] for p in method.params}}  # e.g. layer_swap's swap_k
     if method.tunable:
         config |= {"merge": dataclasses.asdict(s.merge), "transfer": dataclasses.asdict(s.transfer), "seed": s.seed}
