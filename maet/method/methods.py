@@ -47,7 +47,7 @@ Term = tuple[str, "str | float"]  # (artifact, coefficient: a merge.* key such a
 @dataclass(frozen=True)
 class Method:
     build: Callable[..., Weights]
-    needs: frozenset[str]   # subset of {"ability", "language", "ability_full", "cpt_all"}
+    needs: frozenset[str]   # the artifacts it reads, by the name a stage yields them (`maet.stages`)
     doc: str
     tunable: bool           # reads merge.alpha, merge.beta and transfer.* (else they do not matter)
     params: tuple[str, ...]  # keyword arguments of `build`: merge.* keys (and `seed`)
