@@ -2,7 +2,7 @@
 
     python -m maet.reporting.results [--only NAME,NAME] [--list] [--keep-cache]
 
-Every table in README.md, sweeps/README.md and benchmarks/README.md that the code produces sits
+Every table in README.md, docs/*.md, sweeps/README.md and benchmarks/README.md that the code produces sits
 between `<!-- results:NAME -->` and `<!-- /results:NAME -->`. Each entry of `TABLES` names the
 command that makes it; this module runs the command (from the checkout, offline), cuts the table
 out of what the command wrote, and replaces the block with a stamp (commit, command, wall time,
@@ -90,21 +90,21 @@ GEMMA = ("launch.py", "experiment=shared_data", "model=gemma3_270m_gguf", "lang=
 
 TABLES = [
     Table("default", "README.md", ("launch.py",), run_block),
-    Table("default_bn", "README.md", ("launch.py", "lang=bn"), run_block),
-    Table("sweep_2x2", "README.md", ("launch.py", "-m", "merge.alpha=0.5,1.0", "lang=sw,bn"), sweep_block, "sweep"),
-    Table("alpha", "README.md", ("launch.py", "-m", "+sweep=alpha"), sweep_block, "sweep"),
-    Table("optuna", "README.md", ("launch.py", "-m", "+sweep=optuna", "lang=sw"), sweep_block, "sweep"),
-    Table("baselines", "README.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
-    Table("gemma", "README.md", GEMMA, run_block, default=False, ready=_gemma_ready),
-    Table("testbed", "README.md", ("launch.py", "-m", "method=task_arithmetic,ties,maet", "lang=sw,bn",
+    Table("default_bn", "docs/results.md", ("launch.py", "lang=bn"), run_block),
+    Table("sweep_2x2", "docs/comparing.md", ("launch.py", "-m", "merge.alpha=0.5,1.0", "lang=sw,bn"), sweep_block, "sweep"),
+    Table("alpha", "docs/comparing.md", ("launch.py", "-m", "+sweep=alpha"), sweep_block, "sweep"),
+    Table("optuna", "docs/comparing.md", ("launch.py", "-m", "+sweep=optuna", "lang=sw"), sweep_block, "sweep"),
+    Table("baselines", "docs/results.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
+    Table("gemma", "docs/real-models.md", GEMMA, run_block, default=False, ready=_gemma_ready),
+    Table("testbed", "docs/results.md", ("launch.py", "-m", "method=task_arithmetic,ties,maet", "lang=sw,bn",
                                    "report.references=[base,ability,ability_full,language_only,oracle]"),
           sweep_block, "sweep"),
-    Table("testbed_untuned", "README.md", ("launch.py", "-m", "method=task_arithmetic,ties,maet", "lang=sw,bn",
+    Table("testbed_untuned", "docs/results.md", ("launch.py", "-m", "method=task_arithmetic,ties,maet", "lang=sw,bn",
                                            "merge=default", "+ablation=literal"), sweep_block, "sweep"),
-    Table("distance", "README.md", ("launch.py", "-m", "+sweep=distance"), sweep_block, "sweep", default=False,
+    Table("distance", "docs/results.md", ("launch.py", "-m", "+sweep=distance"), sweep_block, "sweep", default=False,
           image=("plots/accuracy_vs_world.languages.1.distance.png", "docs/img/distance.png")),
-    Table("diagnosis", "README.md", ("launch.py", "-m", "+sweep=diagnosis"), sweep_block, "sweep", default=False),
-    Table("diagnosis_merges", "README.md", ("launch.py", "-m", "+sweep=diagnosis_merges"), sweep_block, "sweep",
+    Table("diagnosis", "docs/results.md", ("launch.py", "-m", "+sweep=diagnosis"), sweep_block, "sweep", default=False),
+    Table("diagnosis_merges", "docs/results.md", ("launch.py", "-m", "+sweep=diagnosis_merges"), sweep_block, "sweep",
           default=False),
     Table("ratio", "sweeps/README.md", ("launch.py", "-m", "+sweep=ratio"), sweep_block, "sweep", default=False,
           image=("plots/accuracy_vs_locate.ratio.png", "docs/img/ratio.png")),
@@ -248,9 +248,9 @@ def overview() -> str:
 
 
 def write_overview() -> None:
-    """README's `reproduce` block rewritten from the stamps."""
-    readme = PROJECT_ROOT / "README.md"
-    readme.write_text(replace_block(readme.read_text(), "reproduce", overview()))
+    """docs/reproducing.md's `reproduce` block rewritten from the stamps."""
+    page = PROJECT_ROOT / "docs" / "reproducing.md"
+    page.write_text(replace_block(page.read_text(), "reproduce", overview()))
 
 
 def regenerate(tables: list[Table], work: Path, commit: str) -> list[tuple[str, str, str]]:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maet.reporting.results", description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated table names (default: every default table)")
     parser.add_argument("--list", action="store_true", help="list the tables and their commands")
-    parser.add_argument("--overview", action="store_true", help="only rewrite README's overview from the stamps")
+    parser.add_argument("--overview", action="store_true", help="only rewrite the overview in docs/reproducing.md from the stamps")
     args = parser.parse_args(argv)
     if args.overview:
         write_overview()

@@ -76,7 +76,7 @@ def check_launch(batch_size: int) -> str | None:
         if os.environ.get(flag, "").lower() in ("1", "true"):
             return (f"{flag} is set (an accelerate config with FSDP / DeepSpeed): maet's training stages are "
                     f"data-parallel only (every process holds the whole model); launch with a plain multi-GPU "
-                    f"config (`accelerate launch --multi_gpu`, or torchrun). See README, Running at scale.")
+                    f"config (`accelerate launch --multi_gpu`, or torchrun). See docs/scale.md.")
     return None
 
 
