@@ -1,5 +1,5 @@
 """How far the deltas move the model, and how well they add: method-agnostic measures of the
-weight-arithmetic regime of a testbed (ISSUE 14, item 3).
+weight-arithmetic regime of a testbed (docs/testbed.md).
 
 - relative norm ‖Δ‖ / ‖θ0‖ of a delta, over the entries it touches (the key rows of a row delta);
 - weight disentanglement error (Ortiz-Jimenez et al., 2023, "Task Arithmetic in the Tangent
