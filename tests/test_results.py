@@ -95,3 +95,11 @@ def test_overview_reads_commit_and_wall_time_back_from_a_stamp(tmp_path, monkeyp
     rows = results.overview().splitlines()
     assert len(rows) == 2 + 2
     assert rows[2].endswith("| `abc1234` | 7 min 3 s | cache empty at start | 0.4 / 1.9 |") and "never" in rows[3]
+
+
+def test_the_list_names_each_tables_page(capsys):
+    assert results.main(["--list"]) == 0
+    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert lines["default"] == "README.md" and lines["distance"] == "docs/results.md"
+    assert lines["alpha"] == "docs/comparing.md" and lines["ablations"] == "sweeps/README.md"
+    assert lines["gemma"] == "docs/real-models.md" and lines["bench_stages"] == "(results"

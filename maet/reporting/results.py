@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = {t.name: t for t in TABLES}
     if args.list:
+        width = max(len(t.name) for t in TABLES)
         for t in TABLES:
-            print(f"{t.name:15} {t.doc or '(results json)':22} {'default' if t.default else 'opt-in ':8} "
+            print(f"{t.name:{width}} {t.doc or '(results json)':20} {'default' if t.default else 'opt-in ':8} "
                   f"{command_line(t)}")
         return 0
     wanted = args.only.split(",") if args.only else [t.name for t in TABLES if t.default]
