@@ -57,6 +57,10 @@ BAD_INPUTS = [
     ("model folder without config", f"{SHARED} model=local model.path={{tmp}}", "model.path", "config.json"),
     ("tokenizer/model mismatch", f"{SHARED} model=local model.path={{tmp}}/mismatch", "model.path",
      "fits its model's embedding (vocab_size=64)"),
+    ("sequence beyond the world model's window", "train.seq_len=512", "train.seq_len",
+     "an integer <= 256, the context window of model=world-tiny-llama"),
+    ("sequence beyond a local model's window", f"{SHARED} model=local model.path={{tmp}}/short train.seq_len=256",
+     "train.seq_len", "an integer <= 128, the context window"),
     ("cache dir not writable", "paths.cache_dir={tmp}/a_file/cache", "paths.cache_dir", "a writable directory"),
     ("language code escapes the cache", "lang.code=../../etc", "lang.code", "letters, digits"),
     ("eval language escapes the cache", "eval.langs=[sw,../x]", "eval.langs", "letters, digits"),
@@ -66,8 +70,8 @@ BAD_INPUTS = [
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory, tokenizer):
-    """A folder with an empty file, a plain file, and a local model whose tokenizer (about 320
-    tokens) does not fit its declared embedding of 64 rows."""
+    """A folder with an empty file, a plain file, a local model whose tokenizer (about 320 tokens)
+    does not fit its declared embedding of 64 rows, and a local model of 128 positions."""
     from conftest import TINY
 
     from maet.models.model import build_scratch_model
@@ -80,6 +84,9 @@ def scratch(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"vocab_size": 64}))
+    short = tmp / "short"  # a model of 128 positions (TINY's max_position_embeddings)
+    build_scratch_model(TINY, tokenizer, seed=0).save_pretrained(short)
+    tokenizer.save_pretrained(short)
     return tmp
 
 

@@ -225,6 +225,17 @@ def _training(s: Settings) -> None:
     _positive("oracle.lr", s.oracle.lr)
 
 
+def _context_window(s: Settings) -> None:
+    """Training sequences fit the model: a position beyond its context window was never trained
+    (a scratch Llama would run on it anyway, with rotary positions it has not seen)."""
+    from maet.models.model import context_window
+
+    window = context_window(s.model)
+    if window is not None:
+        _check("train.seq_len", s.train.seq_len, s.train.seq_len <= window,
+               f"an integer <= {window}, the context window of model={s.model.name} (its max_position_embeddings)")
+
+
 def _merging(s: Settings) -> None:
     tr, m = s.transfer, s.merge
     _check("transfer.tau", tr.tau, _finite(tr.tau) and -1 <= tr.tau <= 1, "a number in [-1, 1]")
@@ -308,6 +319,7 @@ def validate(s: Settings) -> None:
     _languages(s)
     _model(s.model)
     _training(s)
+    _context_window(s)
     _merging(s)
     _evaluation(s)
     _scale(s)

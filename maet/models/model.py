@@ -59,6 +59,24 @@ def build_scratch_model(arch: ScratchSettings, tokenizer, seed: int) -> LlamaFor
     return LlamaForCausalLM(config)
 
 
+def context_window(m: ModelSettings) -> int | None:
+    """The model's context window (`max_position_embeddings`) from its settings or its config.json
+    alone (no weights loaded); None where the config cannot be read here (a GGUF file, a hub model
+    not in the local cache while offline)."""
+    if m.source == "scratch":
+        return m.scratch.max_position_embeddings
+    if m.gguf_file:
+        return None
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(m.path, trust_remote_code=m.trust_remote_code)
+    except Exception:  # noqa: BLE001 (no network, no cache: the model's own load reports it)
+        return None
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "max_position_embeddings", None)
+
+
 def load_pretrained(path: str, settings: ModelSettings, device: torch.device):
     """(model, tokenizer) from a hub id or a local folder, in the resolved dtype, on `device`."""
     dtype = resolve_dtype(settings.dtype, device)
