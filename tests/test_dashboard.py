@@ -13,6 +13,7 @@ from test_launch import SMALL
 
 from maet.method import train
 from maet.reporting import dashboard, wandbfile
+from maet.runtime import live
 from maet.schema.resolvers import PROJECT_ROOT
 
 
@@ -38,9 +39,15 @@ def test_two_default_runs_differing_in_beta_are_told_apart_with_curves_and_paire
         summary = json.loads((tmp_path / beta / "metrics.json").read_text())
         # a loss curve of >= 20 points on the stage's own step axis (the base's 32 pre-training steps),
         # also in the second run, whose base came from the cache
-        steps, losses = run.curve("train/base/step"), run.curve("train/base/loss")
+        base, ability = "train/base/pre_training", "train/ability/theta_a_ability"
+        steps, losses = run.curve(f"{base}/step"), run.curve(f"{base}/loss")
         assert len(losses) >= 20 and steps == list(range(1, len(steps) + 1))
-        assert "train/base/loss" in run.metrics and len(run.curve("train/ability/theta_a_ability/loss")) >= 2
+        assert f"{base}/loss" in run.metrics and len(run.curve(f"{ability}/loss")) >= 2
+        # the first run trains: its curves were logged live, θ_A's after the base's last point (logged
+        # at the end, row i of every curve together, θ_A's first point would come before)
+        runtimes = {key: [row["_runtime"] for row in run.history if f"{key}/loss" in row] for key in (base, ability)}
+        if beta == "1.0":
+            assert runtimes[ability][0] > runtimes[base][-1]
         assert summary["stages"]["base"]["final_loss"] == pytest.approx(losses[-1], abs=1e-4)
         # the paired difference vs language_only as summary scalars (the numbers of metrics.json)
         paired = next(r for r in summary["testbed"] if r["model"] == "maet")["vs_language_only"]
@@ -122,8 +129,9 @@ def test_curves_share_history_rows_but_keep_their_own_step_axis():
     curves = {"base": {"base: pre-training": [[10, 3.0, 0.1], [20, 2.0, 0.05], [25, 1.5, 0.0]]},
               "ability": {"extract: θ_A (ability)": [[5, 4.0, 0.01]], "extract: θ_G (general)": [[5, 4.5, 0.01]]}}
     prefixes, rows = dashboard.curve_rows(curves)
-    assert prefixes == ["train/base", "train/ability/theta_a_ability", "train/ability/theta_g_general"]
-    assert len(rows) == 3 and rows[2] == {"train/base/step": 25, "train/base/loss": 1.5, "train/base/lr": 0.0}
+    assert prefixes == ["train/base/pre_training", "train/ability/theta_a_ability", "train/ability/theta_g_general"]
+    base = "train/base/pre_training"
+    assert len(rows) == 3 and rows[2] == {f"{base}/step": 25, f"{base}/loss": 1.5, f"{base}/lr": 0.0}
     assert rows[0]["train/ability/theta_g_general/loss"] == 4.5
 
 
@@ -137,6 +145,54 @@ def test_the_training_loop_records_loss_and_lr_every_n_steps_and_the_last(tiny_m
     assert [p[0] for p in points] == [3, 6, 7] and all(p[1] > 0 and p[2] > 0 for p in points)
     joined = (stats + stats).curves
     assert list(joined) == ["t: loop", "t: loop #2"]
+
+
+def test_a_training_loop_streams_each_point_to_the_live_sink_as_it_is_made(tiny_model):
+    from conftest import random_batches
+
+    params, sent = [p for p in tiny_model.parameters()], []
+
+    def run(desc):
+        stats = train.optimize(lambda b: tiny_model(input_ids=b, labels=b).loss, params, random_batches(320, 7), 7,
+                               1e-3, desc, warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, curve_every=3)
+        sent.append(len(points))  # what the sink had when the loop returned
+        return stats
+
+    points = []
+    with live.streaming(lambda *point: points.append(point)), live.stage("locate/seed1"):
+        joined = run("t: loop") + run("t: loop")  # the same loop twice in one stage: `#2`, as the curves name it
+    assert sent == [3, 6]
+    assert points == [("locate/seed1", name, *p) for name, curve in joined.curves.items() for p in curve]
+    assert [p[1] for p in points] == ["t: loop"] * 3 + ["t: loop #2"] * 3
+    run("t: loop")  # outside a stream: nothing sent
+    assert len(points) == 6
+
+
+class FakeRun:
+    def __init__(self):
+        self.logged, self.defined = [], []
+
+    def log(self, row):
+        self.logged.append(row)
+
+    def define_metric(self, name, **kwargs):
+        self.defined.append(name)
+
+
+def test_curves_logged_live_are_not_logged_again_at_the_end():
+    from maet.reporting.tracking import WandbTracker
+
+    tracker = object.__new__(WandbTracker)
+    tracker.run = FakeRun()
+    tracker.log_point("train/ability/theta_a_ability", 5, 4.0, 0.01)
+    curves = {"base": {"base: pre-training": [[10, 3.0, 0.1]]},  # read from the cache: replayed at the end
+              "ability": {"extract: θ_A (ability)": [[5, 4.0, 0.01]]}}  # trained here: streamed already
+    tracker.log_curves(*dashboard.curve_rows(curves))
+    assert tracker.run.logged == [
+        {"train/ability/theta_a_ability/step": 5, "train/ability/theta_a_ability/loss": 4.0,
+         "train/ability/theta_a_ability/lr": 0.01},
+        {"train/base/pre_training/step": 10, "train/base/pre_training/loss": 3.0, "train/base/pre_training/lr": 0.1}]
+    assert tracker.run.defined.count("train/ability/theta_a_ability/loss") == 1
 
 
 def test_the_run_file_reader_joins_records_split_across_blocks(tmp_path):

@@ -15,6 +15,7 @@ from maet.engine.context import Context, stored_curves
 from maet.method import extract, transfer
 from maet.method.train import TrainStats
 from maet.models.model import build_scratch_model, load_pretrained, train_tokenizer
+from maet.runtime import live
 from maet.schema.settings import CorpusSettings, Settings
 from maet.stages import keys
 from maet.stages.training import loop, steps
@@ -69,7 +70,8 @@ def base_model(ctx: Context):
         ctx.record("base", cached=True, start=start, key=key)
         return model, tokenizer, key
 
-    stats, cached = ctx.cache.cached("base", key, load=TrainStats, compute=lambda: build_base(ctx, key))
+    with live.stage("base" + ctx.suffix):
+        stats, cached = ctx.cache.cached("base", key, load=TrainStats, compute=lambda: build_base(ctx, key))
     folder = ctx.cache.path("base", key) / "model"
     model, tokenizer = load_pretrained(str(folder), dataclasses.replace(m, trust_remote_code=False), ctx.device)
     ctx.record("base", cached=cached, start=start, key=key, trained=None if cached else stats,

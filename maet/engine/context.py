@@ -15,6 +15,7 @@ import torch
 from maet import world
 from maet.method.train import TrainStats
 from maet.reporting.metrics import StageRecord
+from maet.runtime import live
 from maet.schema.derived import base_is_random
 from maet.schema.settings import Settings
 from maet.store.cache import ArtifactCache, artifact_key
@@ -115,7 +116,8 @@ def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) 
 
     def make():
         reseed(ctx.settings.seed, stage)
-        tensors, trained, extra = compute()
+        with live.stage(stage + ctx.suffix):
+            tensors, trained, extra = compute()
         tensors = dict(sorted(tensors.items()))
         meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
                 "steps": trained.steps, "train_seconds": trained.seconds, "curves": trained.curves, **extra}

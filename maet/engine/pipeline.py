@@ -37,7 +37,7 @@ from maet.reporting.summary import (
     testbed_flat,
 )
 from maet.reporting.tracking import open_tracker
-from maet.runtime import console, distributed
+from maet.runtime import console, distributed, live
 from maet.runtime.progress import progress
 from maet.schema.settings import Settings
 from maet.stages.registry import STAGES
@@ -216,7 +216,10 @@ def run(cfg: DictConfig) -> float:
     tracker = open_tracker(tracker_settings, {**config, "hydra": {"choices": choices, "overrides": overrides}},
                            str(out), name=who.name, job_type=who.job_type, tags=who.tags, quiet=s.report.quiet)
     try:
-        with console.quiet(s.report.quiet, out / "console.log"):
+        def stream(stage: str, loop: str, step: int, loss: float, lr: float) -> None:
+            tracker.log_point(dashboard.curve_prefix(stage, loop), step, loss, lr)
+
+        with console.quiet(s.report.quiet, out / "console.log"), live.streaming(stream):
             result = run_job(s)
         summary = job_summary(s, result)
         images = write_outputs(summary, result, out)

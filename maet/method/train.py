@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from maet.runtime import distributed
+from maet.runtime import distributed, live
 from maet.runtime.progress import progress
 
 
@@ -63,14 +63,14 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
              optimizer: str = "adamw", masters: list[torch.Tensor] | None = None) -> TrainStats:
     """AdamW (or plain SGD) with linear warmup and cosine decay over `steps` batches of `[batch, seq]`
     ids. The loss and learning rate of every `curve_every`-th step (and the last) go to
-    `stats.curves[desc]`.
+    `stats.curves[desc]`, and to the job's live sink as they are made (`maet.runtime.live`).
 
     `masters`: fp32 master copies of `params` (for half-precision params): the gradients are
     moved onto them, clipped and stepped in fp32, and `params` get the rounded values back."""
     trained = params if masters is None else masters
     optimizer = make_optimizer(optimizer, trained, lr, weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
-    stats, start, curve = TrainStats(), time.perf_counter(), []
+    stats, start, curve, name = TrainStats(), time.perf_counter(), [], live.loop(desc)
     distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
     with progress(desc=desc, unit="tok", unit_scale=True) as bar:
         for batch in batches:
@@ -93,6 +93,7 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
             bar.update(batch.numel())
             if stats.steps % curve_every == 0 or stats.steps == steps:
                 curve.append([stats.steps, loss.item(), lr_used])
+                live.point(name, *curve[-1])
                 bar.set_postfix(loss=f"{curve[-1][1]:.3f}", refresh=False)
     stats.curves = {desc: curve} if curve else {}
     stats.seconds = time.perf_counter() - start

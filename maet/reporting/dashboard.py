@@ -4,7 +4,8 @@
   overrides; a hash when they are too long to show), `job_type` = method, tags from the Hydra
   choices, the Hydra choices and overrides in the config;
 - curves: the loss and learning rate of every training loop of every stage, each on its own step
-  axis (`train/<stage>[/<loop>]/step`), also for artifacts read from the cache (their meta.json);
+  axis (`train/<stage>/<loop>/step`): logged while the loop trains (`maet.runtime.live`), and at
+  the end for artifacts read from the cache (the curves their meta.json keeps);
 - summary scalars: everything the results tables show (per model and language: mean and 95%
   interval; paired differences vs base and vs language_only: diff, interval, p; compute), with
   stage timings and memory under `stages/`;
@@ -83,10 +84,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9#]+", "_", text).strip("_").replace("#", "n")
 
 
+def curve_prefix(stage: str, desc: str) -> str:
+    """The W&B prefix of a training loop's curve: `train/<stage>/<loop>` (`train/ability/theta_a_ability`),
+    the same whether it is logged live or replayed from the cache."""
+    return f"train/{stage}/{_slug(desc)}"
+
+
 def curve_names(curves: dict[str, dict[str, list]]) -> dict[tuple[str, str], str]:
-    """(stage, loop desc) -> W&B prefix `train/<stage>` (one loop) or `train/<stage>/<loop>`."""
-    return {(stage, desc): f"train/{stage}" if len(loops) == 1 else f"train/{stage}/{_slug(desc)}"
-            for stage, loops in curves.items() for desc in loops}
+    """(stage, loop desc) -> its W&B prefix (`curve_prefix`)."""
+    return {(stage, desc): curve_prefix(stage, desc) for stage, loops in curves.items() for desc in loops}
 
 
 def curve_rows(curves: dict[str, dict[str, list]]) -> tuple[list[str], list[dict]]:

@@ -65,6 +65,9 @@ class NoTracker:
     def log_curves(self, prefixes: list[str], rows: list[dict[str, float]]) -> None:
         pass
 
+    def log_point(self, prefix: str, step: int, loss: float, lr: float) -> None:
+        pass
+
     def use_artifacts(self, artifacts: list[tuple[str, str, Path]]) -> None:
         pass
 
@@ -122,13 +125,31 @@ class WandbTracker:
     def update_config(self, config: dict[str, Any]) -> None:
         self._safely("update the config", lambda: self.run.config.update(config, allow_val_change=True))
 
-    def log_curves(self, prefixes: list[str], rows: list[dict[str, float]]) -> None:
-        """Training curves: `<prefix>/loss` and `<prefix>/lr` against `<prefix>/step` (define_metric)."""
+    streamed: set[str] = frozenset()  # the curve prefixes logged live (`log_point`)
+
+    def _define_curve(self, prefix: str) -> None:
+        self.run.define_metric(f"{prefix}/step", hidden=True)
+        for kind in ("loss", "lr"):
+            self.run.define_metric(f"{prefix}/{kind}", step_metric=f"{prefix}/step")
+
+    def log_point(self, prefix: str, step: int, loss: float, lr: float) -> None:
+        """One point of a curve while its loop trains (`<prefix>/loss`, `/lr` against `/step`)."""
         def _log():
-            for prefix in prefixes:
-                self.run.define_metric(f"{prefix}/step", hidden=True)
-                for kind in ("loss", "lr"):
-                    self.run.define_metric(f"{prefix}/{kind}", step_metric=f"{prefix}/step")
+            if prefix not in self.streamed:
+                self.streamed = self.streamed | {prefix}
+                self._define_curve(prefix)
+            self.run.log({f"{prefix}/step": step, f"{prefix}/loss": loss, f"{prefix}/lr": lr})
+        self._safely("log a training curve", _log)
+
+    def log_curves(self, prefixes: list[str], rows: list[dict[str, float]]) -> None:
+        """Training curves at the end of the job: `<prefix>/loss` and `<prefix>/lr` against
+        `<prefix>/step` (define_metric), but for the curves already logged live."""
+        replayed = [p for p in prefixes if p not in self.streamed]
+        rows = [r for r in ({k: v for k, v in row.items() if k.rsplit("/", 1)[0] in replayed} for row in rows) if r]
+
+        def _log():
+            for prefix in replayed:
+                self._define_curve(prefix)
             for row in rows:
                 self.run.log(row)
         self._safely("log metrics (training curves)", _log)
