@@ -5,7 +5,7 @@ The subpackages by role, bottom to top. Each imports only its own layer and the 
 
     schema      the typed settings of a job, conf/'s resolvers, facts derived from settings
     store       the content-addressed artifact cache
-    runtime     progress bars, the quiet console, one job on N processes
+    runtime     progress bars, the quiet console, live training curves, one job on N processes
     method      the paper's method: locate, the training loop, extract, transfer, merging, registry
     world       the built-in world (languages, corpora, benchmark from seeded rules)
     corpora     text corpora: loading, framing, packing; fetching the data
