@@ -2,11 +2,11 @@
 
     python -m maet.reporting.results [--only NAME,NAME] [--list] [--keep-cache]
 
-Every table in README.md, docs/*.md, sweeps/README.md and benchmarks/README.md that the code produces sits
-between `<!-- results:NAME -->` and `<!-- /results:NAME -->`. Each entry of `TABLES` names the
-command that makes it; this module runs the command (from the checkout, offline), cuts the table
-out of what the command wrote, and replaces the block with a stamp (commit, command, wall time,
-cache state, machine and load) and the table. A table whose command fails, or whose prerequisites
+Every table in README.md, docs/*.md, sweeps/README.md and benchmarks/README.md that the code
+produces sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->`. Each entry of `TABLES`
+names the command that makes it; this module runs the command (from the checkout, offline), cuts
+the table out of what the command wrote, and replaces the block with a stamp (commit, command, wall
+time, cache state, machine and load) and the table. A table whose command fails, or whose prerequisites
 are missing, keeps its previous content under a line that says it was not regenerated, and why.
 
 Runs use a cache of their own per commit (`outputs/results/<commit>/cache`): the first table
@@ -91,7 +91,8 @@ GEMMA = ("launch.py", "experiment=shared_data", "model=gemma3_270m_gguf", "lang=
 TABLES = [
     Table("default", "README.md", ("launch.py",), run_block),
     Table("default_bn", "docs/results.md", ("launch.py", "lang=bn"), run_block),
-    Table("sweep_2x2", "docs/comparing.md", ("launch.py", "-m", "merge.alpha=0.5,1.0", "lang=sw,bn"), sweep_block, "sweep"),
+    Table("sweep_2x2", "docs/comparing.md", ("launch.py", "-m", "merge.alpha=0.5,1.0", "lang=sw,bn"), sweep_block,
+          "sweep"),
     Table("alpha", "docs/comparing.md", ("launch.py", "-m", "+sweep=alpha"), sweep_block, "sweep"),
     Table("optuna", "docs/comparing.md", ("launch.py", "-m", "+sweep=optuna", "lang=sw"), sweep_block, "sweep"),
     Table("baselines", "docs/results.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maet.reporting.results", description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated table names (default: every default table)")
     parser.add_argument("--list", action="store_true", help="list the tables and their commands")
-    parser.add_argument("--overview", action="store_true", help="only rewrite the overview in docs/reproducing.md from the stamps")
+    parser.add_argument("--overview", action="store_true",
+                        help="only rewrite the overview in docs/reproducing.md from the stamps")
     args = parser.parse_args(argv)
     if args.overview:
         write_overview()
