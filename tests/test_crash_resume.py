@@ -6,6 +6,7 @@ raises mid-run costs one warning, not the job."""
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -99,6 +100,34 @@ def test_sigkill_during_each_stage_then_rerun_gives_the_uninterrupted_result(tmp
     assert {s: r["cached"] for s, r in final["stages"].items() if s in STAGES[:-1]} == {s: True for s in STAGES[:-1]}
     assert entries(cache) == entries(reference), "a resumed run published different bits"
     assert not list(cache.glob("*/.tmp-*")), "a killed writer's temp folder was left behind"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stage_killed_after_a_checkpoint_resumes_there_with_the_uninterrupted_bits(tmp_path, uninterrupted, sig):
+    reference, expected = uninterrupted
+    cache = warm(reference, tmp_path / "cache", ["base", "locate"])
+    args = [*KILLABLE, "checkpoint.every_steps=4", f"paths.cache_dir={cache}"]
+    proc = start(*args, f"hydra.run.dir={tmp_path / 'try'}", cwd=tmp_path)
+    saved = lambda: list((cache / "ability").glob(".checkpoints-*/*.pt"))  # noqa: E731
+    deadline = time.monotonic() + 600
+    while not saved() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert saved(), "the ability stage saved no checkpoint before the job ended"
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0, "the job finished before the signal: not mid-stage"
+    assert not list((cache / "ability").glob("*/meta.json")), "the stage was published before the kill"
+    if sig == signal.SIGTERM:  # saved at the next step boundary, then exited
+        assert proc.returncode == 143, out[-3000:]
+    state = torch.load(saved()[0], weights_only=False)
+    assert 4 <= state["steps"] < 16
+
+    out = finish(start(*args, f"hydra.run.dir={tmp_path / 'final'}", cwd=tmp_path))
+    assert f"resumed at step {state['steps']} of 16 from its checkpoint" in out, out[-3000:]
+    final = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert final["metrics"] == expected.metrics
+    assert entries(cache) == entries(reference), "a resumed stage published different bits"
+    assert not list(cache.glob("*/.checkpoints-*")), "a finished stage's checkpoints were left behind"
 
 
 WRITER = """

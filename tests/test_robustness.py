@@ -57,6 +57,8 @@ BAD_INPUTS = [
     ("model folder without config", f"{SHARED} model=local model.path={{tmp}}", "model.path", "config.json"),
     ("tokenizer/model mismatch", f"{SHARED} model=local model.path={{tmp}}/mismatch", "model.path",
      "fits its model's embedding (vocab_size=64)"),
+    ("checkpoint steps < 0", "checkpoint.every_steps=-1", "checkpoint.every_steps", "an integer >= 0"),
+    ("checkpoint minutes nan", "checkpoint.every_minutes=nan", "checkpoint.every_minutes", "a number >= 0"),
     ("sequence beyond the world model's window", "train.seq_len=512", "train.seq_len",
      "an integer <= 256, the context window of model=world-tiny-llama"),
     ("sequence beyond a local model's window", f"{SHARED} model=local model.path={{tmp}}/short train.seq_len=256",

@@ -208,6 +208,10 @@ def _training(s: Settings) -> None:
     _check("train.warmup_ratio", t.warmup_ratio, _finite(t.warmup_ratio) and 0 <= t.warmup_ratio < 1, "a number in [0, 1)")
     _check("train.weight_decay", t.weight_decay, _finite(t.weight_decay) and t.weight_decay >= 0, "a number >= 0")
     _positive("train.grad_clip", t.grad_clip)
+    c = s.checkpoint
+    _check("checkpoint.every_steps", c.every_steps, c.every_steps >= 0, "an integer >= 0 (0: not by steps)")
+    _check("checkpoint.every_minutes", c.every_minutes, _finite(c.every_minutes) and c.every_minutes >= 0,
+           "a number >= 0 (0: not by time)")
     _check("train.heldout_fraction", t.heldout_fraction,
            _finite(t.heldout_fraction) and 0 < t.heldout_fraction < 0.5, "a number in (0, 0.5)")
     loc = s.locate

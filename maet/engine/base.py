@@ -11,11 +11,11 @@ from pathlib import Path
 from maet import world
 from maet.corpora import data
 from maet.corpora.roles import documents
-from maet.engine.context import Context, stored_curves
+from maet.engine.context import Context, checkpoints, every, stored_curves
 from maet.method import extract, transfer
 from maet.method.train import TrainStats
 from maet.models.model import build_scratch_model, load_pretrained, train_tokenizer
-from maet.runtime import live
+from maet.runtime import checkpoint, live
 from maet.schema.settings import CorpusSettings, Settings
 from maet.stages import keys
 from maet.stages.training import loop, steps
@@ -70,8 +70,10 @@ def base_model(ctx: Context):
         ctx.record("base", cached=True, start=start, key=key)
         return model, tokenizer, key
 
-    with live.stage("base" + ctx.suffix):
+    saved = checkpoints(ctx, "base", key)
+    with live.stage("base" + ctx.suffix), checkpoint.stage(saved, **every(s)):
         stats, cached = ctx.cache.cached("base", key, load=TrainStats, compute=lambda: build_base(ctx, key))
+    checkpoint.clear(saved)
     folder = ctx.cache.path("base", key) / "model"
     model, tokenizer = load_pretrained(str(folder), dataclasses.replace(m, trust_remote_code=False), ctx.device)
     ctx.record("base", cached=cached, start=start, key=key, trained=None if cached else stats,

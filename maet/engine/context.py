@@ -15,7 +15,7 @@ import torch
 from maet import world
 from maet.method.train import TrainStats
 from maet.reporting.metrics import StageRecord
-from maet.runtime import live
+from maet.runtime import checkpoint, live
 from maet.schema.derived import base_is_random
 from maet.schema.settings import Settings
 from maet.store.cache import ArtifactCache, artifact_key
@@ -103,6 +103,16 @@ def reseed(seed: int, stage: str) -> None:
     torch.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{stage}".encode()).digest()[:7], "little"))
 
 
+def checkpoints(ctx: Context, stage: str, key: str) -> Path:
+    """Where a training stage keeps its checkpoints until its cache entry is published."""
+    return ctx.cache.path(stage, key).parent / f".checkpoints-{key}"
+
+
+def every(s: Settings) -> dict:
+    """How often a training loop saves a checkpoint (`checkpoint.*`)."""
+    return {"every_steps": s.checkpoint.every_steps, "every_minutes": s.checkpoint.every_minutes}
+
+
 def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) -> tuple[dict[str, torch.Tensor], str]:
     """(tensors, key) of a stage: from the cache when its key is there, else from
     `compute() -> (tensors, TrainStats, extra meta)`, saved before they are returned.
@@ -116,12 +126,14 @@ def cached_stage(ctx: Context, stage: str, config: dict, inputs: dict, compute) 
 
     def make():
         reseed(ctx.settings.seed, stage)
-        with live.stage(stage + ctx.suffix):
+        saved = checkpoints(ctx, stage, key)
+        with live.stage(stage + ctx.suffix), checkpoint.stage(saved, **every(ctx.settings)):
             tensors, trained, extra = compute()
         tensors = dict(sorted(tensors.items()))
         meta = {"stage": stage, "config": config, "inputs": inputs, "train_tokens": trained.tokens,
                 "steps": trained.steps, "train_seconds": trained.seconds, "curves": trained.curves, **extra}
         ctx.cache.save(stage, key, meta, tensors)
+        checkpoint.clear(saved)
         return tensors, trained
 
     (tensors, trained), cached = ctx.cache.cached(stage, key, load, make)

@@ -7,6 +7,7 @@ Flat arguments only: no settings objects reach the math.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from maet.runtime import distributed, live
+from maet.runtime import checkpoint, distributed, live
 from maet.runtime.progress import progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,10 +75,21 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start, curve, name = TrainStats(), time.perf_counter(), [], live.loop(desc)
     distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
-    with progress(desc=desc, unit="tok", unit_scale=True) as bar:
-        for batch in batches:
+    saved = checkpoint.for_loop(name)
+    state = saved.load() if saved else None  # what an earlier try of this stage saved
+    if state:
+        curve, rng = restore(state, params, masters, optimizer, schedule, stats), state["rng"]
+        log.info("%s: resumed at step %d of %d from its checkpoint %s", desc, stats.steps, steps, saved.path)
+    with progress(desc=desc, unit="tok", unit_scale=True) as bar, checkpoint.saving_on_sigterm(saved is not None):
+        for index, batch in enumerate(batches):
             if bar.total is None:
                 bar.total = steps * batch.numel()
+            if index < stats.steps:  # trained before the checkpoint: skip to the saved data position
+                bar.update(batch.numel())
+                continue
+            if state:  # the first step after a resume: the RNG as it was when the checkpoint was saved
+                torch.set_rng_state(rng)
+                state = None
             loss = loss_fn(distributed.local_batch(batch))  # [batch / N, seq] on N processes
             loss.backward()
             distributed.average_gradients(params)
@@ -95,10 +109,39 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
                 curve.append([stats.steps, loss.item(), lr_used])
                 live.point(name, *curve[-1])
                 bar.set_postfix(loss=f"{curve[-1][1]:.3f}", refresh=False)
+            if saved and (stats.steps == steps or saved.due(stats.steps)):
+                saved.save(snapshot(params, masters, optimizer, schedule, stats, curve))
     stats.curves = {desc: curve} if curve else {}
     stats.seconds = time.perf_counter() - start
     stats.optimizer_bytes = optimizer_bytes(optimizer)
     return stats
+
+
+def snapshot(params: list[torch.Tensor], masters: list[torch.Tensor] | None, optimizer: torch.optim.Optimizer,
+             schedule, stats: TrainStats, curve: list[list[float]]) -> dict:
+    """A loop's state after `stats.steps` steps, for `maet.runtime.checkpoint` (tensors on the host;
+    a ZeRO-1 optimizer's shards consolidated on rank 0, None on the other ranks)."""
+    if hasattr(optimizer, "consolidate_state_dict"):  # ZeroRedundancyOptimizer: every rank takes part
+        optimizer.consolidate_state_dict(to=0)
+    optimizer_state = optimizer.state_dict() if distributed.is_main() else None
+    return {"steps": stats.steps, "tokens": stats.tokens, "curve": [list(point) for point in curve],
+            "params": [p.detach().cpu().clone() for p in params],
+            "masters": None if masters is None else [m.detach().cpu().clone() for m in masters],
+            "optimizer": optimizer_state, "schedule": schedule.state_dict(), "rng": torch.get_rng_state()}
+
+
+@torch.no_grad()
+def restore(state: dict, params: list[torch.Tensor], masters: list[torch.Tensor] | None,
+            optimizer: torch.optim.Optimizer, schedule, stats: TrainStats) -> list[list[float]]:
+    """Put a `snapshot` back into the loop's tensors, optimizer, schedule and counts; returns its curve."""
+    for p, saved in zip(params, state["params"], strict=True):
+        p.copy_(saved)
+    for m, saved in zip(masters or [], state["masters"] or [], strict=True):
+        m.copy_(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    stats.steps, stats.tokens = state["steps"], state["tokens"]
+    return [list(point) for point in state["curve"]]
 
 
 def fp32_masters(params: list[torch.Tensor]) -> list[torch.Tensor] | None:

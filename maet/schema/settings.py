@@ -265,6 +265,12 @@ class PathSettings:
 
 
 @dataclass
+class CheckpointSettings:
+    every_steps: int = 0        # a training loop saves its state every N optimizer steps (0: not by steps)
+    every_minutes: float = 0.0  # ... and / or every M minutes (0: not by time); both 0: no checkpoints
+
+
+@dataclass
 class Settings:
     seed: int = 0
     device: Device = Device.auto
@@ -286,6 +292,7 @@ class Settings:
     eval: EvalSettings = field(default_factory=EvalSettings)
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     save: SaveSettings = field(default_factory=SaveSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     paths: PathSettings = field(default_factory=PathSettings)
 
 
