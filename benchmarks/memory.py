@@ -16,6 +16,12 @@ the interpreter, torch and the weights:
 
 Target: `rows` / `frozen` ≤ 1.15.
 
+**Sharded training state**: the bytes one process holds for full-parameter training (trained
+weights = fp32 masters, their gradients, AdamW's two moments; θ0's resident copy aside) after one
+step of `maet.method.extract.train_full`'s loop, under FSDP2 on `--processes` gloo processes
+(`maet.runtime.sharded`, rank 0's local shards) over the same figure on one unsharded process.
+Target at 2 processes: ≤ 0.55.
+
 **bf16**: a small Llama (`--bf16-hidden 128`, weights of std 0.02) trained in bf16 at lr 2e-5
 for 50 steps, against the same weights in fp32: norm of the bf16 delta ÷ norm of the fp32
 delta, with fp32 master weights (target ≥ 0.95) and without (AdamW on the bf16 weights, as
@@ -23,7 +29,8 @@ maet did before), and for key-row training (lr 1e-3).
 
     python -m benchmarks.memory [--hidden 768 --layers 8 --vocab 8000 --seq 64 --ratio 0.05]
 
-The last line printed is a JSON object (`key_rows_peak_vs_frozen`, `bf16_delta_retained`, ...).
+The last line printed is a JSON object (`key_rows_peak_vs_frozen`, `bf16_delta_retained`,
+`sharded_state_vs_unsharded`, ...).
 """
 
 from __future__ import annotations
@@ -109,6 +116,55 @@ def run_case(case: str, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def training_state_bytes(params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
+    """This process's bytes of trained weights, their gradients and the optimizer state (shards'
+    local tensors under FSDP2)."""
+    from maet.method.train import local_tensor, optimizer_bytes
+
+    weights = sum(local_tensor(p).nbytes for p in params)
+    grads = sum(local_tensor(p.grad).nbytes for p in params if p.grad is not None)
+    return weights + grads + optimizer_bytes(optimizer)
+
+
+def state_after_one_step(hidden: int, layers: int, vocab: int, seq: int, sharded: bool) -> dict:
+    """(In this process, one of the torchrun group when `sharded`) one full-parameter AdamW step of
+    every block weight, its gradients kept: the training state's bytes on this process."""
+    from maet.method.train import make_optimizer
+    from maet.models.model import block_param_names
+    from maet.runtime import sharded as fsdp
+
+    model = make_model(hidden, layers, vocab)
+    names = block_param_names(model)
+    if sharded:
+        torch.distributed.init_process_group("gloo")
+        model = fsdp.sharded_copy(model, names)
+    model.requires_grad_(False)
+    params = dict(model.named_parameters())
+    trained = [params[n].requires_grad_() for n in names]
+    optimizer = make_optimizer("adamw", trained, 1e-3, 0.0, sharded=sharded)
+    batch = torch.randint(0, vocab, (2, seq), generator=torch.Generator().manual_seed(0))
+    model(input_ids=batch, labels=batch).loss.backward()
+    optimizer.step()
+    rank = torch.distributed.get_rank() if sharded else 0
+    return {"rank": rank, "bytes": training_state_bytes(trained, optimizer)}
+
+
+def sharded_state(args) -> dict:
+    """Rank 0's training-state bytes under FSDP2 on `args.processes` processes and one unsharded process's."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", args.processes,
+            "-m", "benchmarks.memory", "--case", "sharded", "--hidden", args.hidden, "--layers", args.layers,
+            "--vocab", args.vocab, "--seq", args.seq, "--threads", args.threads]
+    proc = subprocess.run(list(map(str, argv)), cwd=ROOT, env={**__import__("os").environ, **OFFLINE},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"the sharded case failed:\n{proc.stderr[-3000:]}")
+    ranks = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"rank"')]
+    one = state_after_one_step(args.hidden, args.layers, args.vocab, args.seq, sharded=False)["bytes"]
+    rank0 = next(r["bytes"] for r in ranks if r["rank"] == 0)
+    return {"processes": args.processes, "unsharded_bytes": one, "sharded_rank0_bytes": rank0,
+            "sharded_bytes_per_rank": sorted((r["rank"], r["bytes"]) for r in ranks), "ratio": rank0 / one}
+
+
 def norm(delta: dict[str, torch.Tensor]) -> float:
     return float(torch.sqrt(sum((v.double() ** 2).sum() for v in delta.values())))
 
@@ -150,8 +206,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bf16-hidden", type=int, default=128)
     parser.add_argument("--bf16-steps", type=int, default=50)
-    parser.add_argument("--case", choices=CASES, help="internal: measure one case in this process")
+    parser.add_argument("--processes", type=int, default=2, help="processes of the sharded training-state case")
+    parser.add_argument("--case", choices=(*CASES, "sharded"), help="internal: measure one case in this process")
     args = parser.parse_args()
+    if args.case == "sharded":
+        torch.set_num_threads(args.threads)
+        print(json.dumps(state_after_one_step(args.hidden, args.layers, args.vocab, args.seq, sharded=True)))
+        return
     if args.case:
         print(json.dumps(measure_case(args)))
         return
@@ -159,13 +220,14 @@ def main() -> None:
     cases = {case: run_case(case, args) for case in CASES}
     torch.set_num_threads(args.threads)
     bf16 = bf16_retention(args.bf16_hidden, args.bf16_steps, args.seq)
+    shard = sharded_state(args)
     frozen = cases["frozen"]["peak_mib"]
     summary = {"key_rows_peak_vs_frozen": cases["rows"]["peak_mib"] / frozen,
                "key_rows_upfront_peak_vs_frozen": cases["rows_upfront"]["peak_mib"] / frozen,
                "full_peak_vs_frozen": cases["full"]["peak_mib"] / frozen,
                "bf16_delta_retained": bf16["full_master_retained"],
                "bf16_delta_retained_without_master": bf16["full_no_master_retained"],
-               "bf16_rows_delta_retained": bf16["rows_retained"]}
+               "bf16_rows_delta_retained": bf16["rows_retained"], "sharded_state_vs_unsharded": shard["ratio"]}
     print(f"{machine_line}\npeak memory of one step, {cases['frozen']['params'] / 1e6:.0f}M-parameter Llama (fp32), "
           f"1x{args.seq} tokens, {args.threads} thread(s):")
     for case, r in cases.items():
@@ -177,7 +239,11 @@ def main() -> None:
           f"master weights (cos {bf16['full_master_cosine']:.4f}; target ≥ 0.95: "
           f"{verdict(bf16['full_master_retained'] >= 0.95)}), {bf16['full_no_master_retained']:.3f} without "
           f"(cos {bf16['full_no_master_cosine']:.3f}); key rows {bf16['rows_retained']:.3f} (cos {bf16['rows_cosine']:.4f})")
-    save_results("memory", {"args": vars(args), "cases": cases, "bf16": bf16, **summary}, machine_line)
+    print(f"full-parameter training state per process (weights + gradients + AdamW), FSDP2 on {shard['processes']} "
+          f"processes ÷ unsharded: {shard['ratio']:.3f} ({shard['sharded_rank0_bytes'] / 2**20:.0f} of "
+          f"{shard['unsharded_bytes'] / 2**20:.0f} MiB on rank 0; target ≤ 0.55 at 2: {verdict(shard['ratio'] <= 0.55)})")
+    save_results("memory", {"args": vars(args), "cases": cases, "bf16": bf16, "sharded": shard, **summary},
+                 machine_line)
     print(json.dumps(summary))
 
 

@@ -47,8 +47,10 @@ def test_launch_checks_name_the_key(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert "train.batch_size=6" in distributed.check_launch(6) and "multiple of the 4" in distributed.check_launch(6)
     assert distributed.check_launch(8) is None
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert "data-parallel only" in distributed.check_launch(8)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accepted: full-parameter stages shard with FSDP2
+    assert distributed.check_launch(8) is None
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert "ACCELERATE_USE_DEEPSPEED" in distributed.check_launch(8) and "FSDP2" in distributed.check_launch(8)
 
 
 def test_gradients_are_the_mean_over_the_processes(monkeypatch):
@@ -67,8 +69,8 @@ BUDGETS = [*SMALL, "extract.tokens=2048", "language.tokens=1024", "report.seeds=
            "tracker=none", "threads=1", "extract.optimizer=sgd", "train.grad_clip=1e9"]
 
 
-def _launch(prefix: list[str], cache, run_dir, cwd) -> str:
-    proc = subprocess.run([*prefix, str(PROJECT_ROOT / "launch.py"), *BUDGETS, f"paths.cache_dir={cache}",
+def _launch(prefix: list[str], cache, run_dir, cwd, *extra: str) -> str:
+    proc = subprocess.run([*prefix, str(PROJECT_ROOT / "launch.py"), *BUDGETS, *extra, f"paths.cache_dir={cache}",
                            f"hydra.run.dir={run_dir}"], cwd=cwd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
@@ -87,6 +89,26 @@ def _relative_errors(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor])
 
 
 @pytest.mark.distributed
+def test_the_sharded_stage_offloaded_to_the_host_matches_one_process(tmp_path):
+    """R(Lj)'s full CPT under FSDP2 with CPU offload (distributed.offload=true) on 2 processes and on
+    one (a process group of one) gives one process's unsharded delta within TOLERANCE."""
+    _launch([sys.executable], tmp_path / "one", tmp_path / "run_one", tmp_path, "distributed.offload=false")
+    reference = json.loads((tmp_path / "run_one" / "metrics.json").read_text())["stages"]["language"]["key"]
+    one = load_file(tmp_path / "one" / "language" / reference / "tensors.safetensors")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for name, prefix in (("offload_two", torchrun), ("offload_one", [sys.executable])):
+        shutil.copytree(tmp_path / "one" / "base", tmp_path / name / "base")
+        shutil.copytree(tmp_path / "one" / "locate", tmp_path / name / "locate")
+        log = _launch(prefix, tmp_path / name, tmp_path / f"run_{name}", tmp_path, "distributed.offload=true")
+        processes = 2 if prefix is torchrun else 1
+        assert f"sharded over {processes} process(es) with FSDP2, offloaded to the host" in log
+        worst = max(_relative_errors(one, load_file(tmp_path / name / "language" / reference / "tensors.safetensors"))
+                    .values())
+        print(f"{name}: language worst relative error {worst:.2e}")
+        assert worst <= TOLERANCE, (name, worst)
+
+
+@pytest.mark.distributed
 def test_two_processes_match_one(tmp_path):
     """The same reduced world job on 1 process and under torchrun on 2 (gloo, one thread each):
     the same cache keys, the same mask, R(A) (SGD) and R(Lj) (AdamW) within TOLERANCE, the same
@@ -97,6 +119,7 @@ def test_two_processes_match_one(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     log = _launch(torchrun, tmp_path / "two", tmp_path / "run_two", tmp_path)
     assert "process 0 of 2" in log and "process 1 of 2" in log
+    assert "sharded over 2 process(es) with FSDP2" in log, "R(Lj)'s full CPT did not run under the sharded engine"
 
     one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("run_one", "run_two"))
     for stage in ("locate", "ability", "language"):

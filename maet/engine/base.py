@@ -18,7 +18,7 @@ from maet.models.model import build_scratch_model, load_pretrained, train_tokeni
 from maet.runtime import checkpoint, live
 from maet.schema.settings import CorpusSettings, Settings
 from maet.stages import keys
-from maet.stages.training import loop, steps
+from maet.stages.training import full, loop, steps
 
 
 def scratch_text(s: Settings, w: world.World | None) -> tuple[list[str], list[str]]:
@@ -93,8 +93,9 @@ def build_base(ctx: Context, key: str) -> TrainStats:
         batches = data.batches(pretrain_text, tokenizer, tokens=sc.pretrain_tokens, batch_size=s.train.batch_size,
                                seq_len=s.train.seq_len, seed=sc.seed)
         delta, stats = extract.train_full(model, names, batches, steps(s, sc.pretrain_tokens), sc.pretrain_lr,
-                                          "base: pre-training", **loop(s))
-        transfer.load_weights(model, {n: p.detach() + delta[n].to(p.device) for n, p in model.named_parameters()})
+                                          "base: pre-training", **full(s), **loop(s))
+        if delta:  # sharded on N processes: rank 0 alone holds the delta, and alone publishes the base
+            transfer.load_weights(model, {n: p.detach() + delta[n].to(p.device) for n, p in model.named_parameters()})
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder / "model")

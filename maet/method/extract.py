@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from maet.method.train import TrainStats, fp32_masters, frozen, optimize
+from maet.runtime import distributed, sharded
 from maet.method.types import DenseDelta, Mask, RowDelta
 
 
@@ -145,11 +146,15 @@ def train_rows(model, mask: Mask, batches: Iterable[torch.Tensor], steps: int, l
 
 
 def train_full(model, names: list[str], batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str,
-               fp32_master: bool = True, **loop: float) -> tuple[DenseDelta, TrainStats]:
+               fp32_master: bool = True, shard: bool = False, offload: bool = False,
+               **loop: float) -> tuple[DenseDelta, TrainStats]:
     """Continual pre-training of the named parameters; returns `θ' − θ0` (fp32) for them and
     restores θ0 in the model (only a CPU copy of the trained tensors is kept). Half-precision
     parameters train through fp32 master copies (`fp32_master=False`: AdamW updates them in their
-    own dtype, as maet did before; for comparison only)."""
+    own dtype, as maet did before; for comparison only). `shard` (with N processes) or `offload`:
+    on a sharded copy instead (`train_full_sharded`)."""
+    if (shard and distributed.active()) or offload:
+        return train_full_sharded(model, names, batches, steps, lr, desc, offload, **loop)
     device = next(model.parameters()).device
 
     def loss_fn(batch: torch.Tensor) -> torch.Tensor:
@@ -169,6 +174,25 @@ def train_full(model, names: list[str], batches: Iterable[torch.Tensor], steps: 
                 for n in names:
                     params[n].copy_(original[n])
     return delta, stats
+
+
+def train_full_sharded(model, names: list[str], batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str,
+                       offload: bool = False, **loop: float) -> tuple[DenseDelta, TrainStats]:
+    """`train_full` under FSDP2 (`maet.runtime.sharded`): a sharded fp32 copy of the model trains,
+    θ0 is not touched; the delta is made on rank 0's host ({} on the other ranks, which read the
+    published stage from the cache)."""
+    device = next(model.parameters()).device
+    copy = sharded.sharded_copy(model, names, offload)
+    params = dict(copy.named_parameters())
+
+    def loss_fn(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device)
+        return copy(input_ids=batch, labels=batch).loss
+
+    stats = optimize(loss_fn, [params[n] for n in names], batches, steps, lr, desc, sharded=True, **loop)
+    final = sharded.gathered(copy, names)
+    del copy, params
+    return {n: t - model.get_parameter(n).detach().float().cpu() for n, t in final.items()}, stats
 
 
 def ability_delta(ability: RowDelta, general: RowDelta | None, how: str = "subtract") -> RowDelta:

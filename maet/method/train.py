@@ -49,33 +49,45 @@ def joined_curves(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimizer's state (this process's shard on N processes)."""
     local = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps its shard's state in .optim
-    return sum(t.nbytes for state in local.state.values() for t in state.values() if torch.is_tensor(t))
+    return sum(local_tensor(t).nbytes for state in local.state.values() for t in state.values() if torch.is_tensor(t))
 
 
-def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor (an FSDP2 shard's local tensor; a plain tensor itself)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float,
+                   sharded: bool = False) -> torch.optim.Optimizer:
     """adamw: AdamW; sgd: plain SGD (no momentum), under which a parameter's change is lr times its
-    accumulated (clipped, scheduled) gradient — the quantity the locate score sums."""
+    accumulated (clipped, scheduled) gradient — the quantity the locate score sums. `sharded`:
+    the params are FSDP2 shards, so plain AdamW keeps state for this process's shards only."""
     if name == "sgd":  # no state to shard
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if sharded:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return distributed.adamw(params, lr=lr, weight_decay=weight_decay)  # state sharded on N processes
 
 
 def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
              batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str, *,
              warmup_ratio: float, weight_decay: float, grad_clip: float, curve_every: int = 10,
-             optimizer: str = "adamw", masters: list[torch.Tensor] | None = None) -> TrainStats:
+             optimizer: str = "adamw", masters: list[torch.Tensor] | None = None, sharded: bool = False) -> TrainStats:
     """AdamW (or plain SGD) with linear warmup and cosine decay over `steps` batches of `[batch, seq]`
     ids. The loss and learning rate of every `curve_every`-th step (and the last) go to
     `stats.curves[desc]`, and to the job's live sink as they are made (`maet.runtime.live`).
 
     `masters`: fp32 master copies of `params` (for half-precision params): the gradients are
-    moved onto them, clipped and stepped in fp32, and `params` get the rounded values back."""
+    moved onto them, clipped and stepped in fp32, and `params` get the rounded values back.
+    `sharded`: `params` are FSDP2 shards (`maet.runtime.sharded`), whose engine averages the
+    gradients and keeps the processes equal; checkpoints are not kept for them yet."""
     trained = params if masters is None else masters
-    optimizer = make_optimizer(optimizer, trained, lr, weight_decay)
+    optimizer = make_optimizer(optimizer, trained, lr, weight_decay, sharded)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start, curve, name = TrainStats(), time.perf_counter(), [], live.loop(desc)
-    distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
-    saved = checkpoint.for_loop(name)
+    if not sharded:
+        distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
+    saved = None if sharded else checkpoint.for_loop(name)
     state = saved.load() if saved else None  # what an earlier try of this stage saved
     if state:
         curve, rng = restore(state, params, masters, optimizer, schedule, stats), state["rng"]
@@ -92,7 +104,8 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
                 state = None
             loss = loss_fn(distributed.local_batch(batch))  # [batch / N, seq] on N processes
             loss.backward()
-            distributed.average_gradients(params)
+            if not sharded:
+                distributed.average_gradients(params)
             if masters is not None:
                 grads_to_masters(params, masters)
             torch.nn.utils.clip_grad_norm_(trained, grad_clip)

@@ -8,8 +8,9 @@ deltas) are averaged over the processes before clipping and the AdamW step, so e
 makes the same update and the job trains on the same global batches as a single process. The
 trained tensors are broadcast from rank 0 once at the start of each stage (as DDP does), and
 AdamW's state is sharded across the processes (ZeRO stage 1): weights and gradients are
-replicated, the two moments are not. Not sharded: weights (no FSDP; an accelerate config that
-asks for FSDP or DeepSpeed is refused with a message rather than silently ignored).
+replicated, the two moments are not. That is how key-row stages train; full-parameter stages
+train a copy sharded with FSDP2 instead (`maet.runtime.sharded`, `distributed.shard`). An
+accelerate config that asks for DeepSpeed is refused with a message rather than silently ignored.
 
 Rank 0 is the only writer: it decides whether a cache entry is there, holds its lock and
 publishes it; the other ranks compute with it (training is collective) and then read what rank 0
@@ -72,11 +73,10 @@ def check_launch(batch_size: int) -> str | None:
     if n > 1 and batch_size % n:
         return (f"Bad config value train.batch_size={batch_size!r}: allowed is a multiple of the {n} processes of "
                 f"this launch (each process takes batch_size / {n} sequences of every global batch).")
-    for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
-        if os.environ.get(flag, "").lower() in ("1", "true"):
-            return (f"{flag} is set (an accelerate config with FSDP / DeepSpeed): maet's training stages are "
-                    f"data-parallel only (every process holds the whole model); launch with a plain multi-GPU "
-                    f"config (`accelerate launch --multi_gpu`, or torchrun). See docs/scale.md.")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        return ("ACCELERATE_USE_DEEPSPEED is set (an accelerate config with DeepSpeed): maet shards its "
+                "full-parameter stages with torch FSDP2 (distributed.shard=true, the default); launch with an "
+                "FSDP or a plain multi-GPU config (`accelerate launch --multi_gpu`, or torchrun). See docs/scale.md.")
     return None
 
 

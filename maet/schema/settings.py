@@ -265,6 +265,12 @@ class PathSettings:
 
 
 @dataclass
+class DistributedSettings:
+    shard: bool = True     # N processes: full-parameter stages train under FSDP2 (sharded weights, grads, AdamW)
+    offload: bool = False  # FSDP2's CPU offload of the shards, gradients and optimizer state (also on 1 process)
+
+
+@dataclass
 class CheckpointSettings:
     every_steps: int = 0        # a training loop saves its state every N optimizer steps (0: not by steps)
     every_minutes: float = 0.0  # ... and / or every M minutes (0: not by time); both 0: no checkpoints
@@ -293,6 +299,7 @@ class Settings:
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     save: SaveSettings = field(default_factory=SaveSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
     paths: PathSettings = field(default_factory=PathSettings)
 
 

@@ -18,7 +18,7 @@ from maet.schema import derived
 from maet.schema.settings import Settings
 from maet.stages import keys
 from maet.stages.registry import Reference, Stage, register_stage
-from maet.stages.training import batches, loop, steps
+from maet.stages.training import batches, full, loop, steps
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -33,7 +33,7 @@ def produce_mask(s: Settings, model, tokenizer, corpora: Corpora, inputs: dict):
         stream = batches(s, docs, tokenizer, s.locate.tokens)
         if s.locate.score == "weight_change":  # a short real CPT; θ0 is restored afterwards
             delta, trained = extract.train_full(model, names, stream, n_steps, s.extract.full_lr,
-                                                "locate: weight change", **loop(s))
+                                                "locate: weight change", **full(s), **loop(s))
             return locate.weight_change_scores(delta), trained
         fn = locate.grad_scores if s.locate.score == "grad" else locate.activation_scores
         return fn(model, stream, names, n_steps), TrainStats(n_steps * s.train.batch_size * s.train.seq_len, n_steps)
@@ -94,7 +94,7 @@ def produce_language(s: Settings, model, tokenizer, corpora: Corpora, inputs: di
         rows, trained = extract.train_rows(model, inputs["mask"], stream, n_steps, s.language.lr, desc, **loop(s))
         return rows_to_dense(rows, {n: p.shape for n, p in model.named_parameters()}), trained, {}
     delta, trained = extract.train_full(model, language_param_names(model, s.language.params), stream, n_steps,
-                                        s.language.lr, desc, **loop(s))
+                                        s.language.lr, desc, **full(s), **loop(s))
     return delta, trained, {"lang": s.lang.code}
 
 
@@ -105,7 +105,7 @@ def full_cpt(s: Settings, model, tokenizer, docs: list[str], tokens: int, lr: fl
     tokens (or on `stream`, batches of that many tokens)."""
     stream = stream if stream is not None else batches(s, docs, tokenizer, tokens)
     delta, trained = extract.train_full(model, block_param_names(model), stream, steps(s, tokens), lr, desc,
-                                        **loop(s))
+                                        **full(s), **loop(s))
     return delta, trained, meta
 
 

@@ -17,6 +17,11 @@ def steps(s: Settings, tokens: int) -> int:
     return data.num_steps(tokens, s.train.batch_size, s.train.seq_len)
 
 
+def full(s: Settings) -> dict[str, bool]:
+    """How a full-parameter stage trains on the job's processes (`distributed.*`): sharded, offloaded."""
+    return {"shard": s.distributed.shard, "offload": s.distributed.offload}
+
+
 def loop(s: Settings) -> dict[str, float]:
     """The keyword arguments of the training loop (`maet.method.train.optimize`) from `train.*` and
     `tracker.curve_every`."""
