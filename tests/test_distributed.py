@@ -142,3 +142,15 @@ def test_two_processes_match_one(tmp_path):
                for run in ("one", "two")]
     assert entries[0] == entries[1], "the two runs published different cache entries"
     assert not list((tmp_path / "two").glob("*/.tmp-*")), "a temporary entry was left behind"
+
+
+@pytest.mark.distributed
+def test_the_gpu_check_runs_its_sharded_job_on_cpu_processes(capsys):
+    """`make gpu-check`'s multi-process part, on 2 CPU processes (bf16, the reduced world): the
+    sharded run's R(Lj) is compared with the one-process run's and the check passes."""
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--device", "cpu", "--small", "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "R(Lj) sharded over 2 processes differs from one process's by" in out
+    assert json.loads(out.strip().splitlines()[-1])["sharded"]["relative_difference"] <= gpu_check.MAX_SHARDED_DIFFERENCE
