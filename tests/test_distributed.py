@@ -154,3 +154,55 @@ def test_the_gpu_check_runs_its_sharded_job_on_cpu_processes(capsys):
     out = capsys.readouterr().out
     assert "R(Lj) sharded over 2 processes differs from one process's by" in out
     assert json.loads(out.strip().splitlines()[-1])["sharded"]["relative_difference"] <= gpu_check.MAX_SHARDED_DIFFERENCE
+
+
+@pytest.mark.distributed
+def test_a_sharded_stage_killed_after_a_checkpoint_resumes_with_the_uninterrupted_bits(tmp_path):
+    """R(Lj)'s full CPT sharded on 2 processes, checkpointed every 2 steps through
+    torch.distributed.checkpoint: the whole process group killed (SIGKILL) after a checkpoint and
+    run again resumes there and publishes the bits of an uninterrupted 2-process run."""
+    import os
+    import signal
+    import time
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    _launch([sys.executable], tmp_path / "base", tmp_path / "run_base", tmp_path)  # θ0 and the mask, one process
+    for name in ("whole", "killed"):
+        for stage in ("base", "locate"):
+            shutil.copytree(tmp_path / "base" / stage, tmp_path / name / stage)
+    every = "checkpoint.every_steps=2"
+    _launch(torchrun, tmp_path / "whole", tmp_path / "run_whole", tmp_path, every)
+    args = [*torchrun, str(PROJECT_ROOT / "launch.py"), *BUDGETS, every, f"paths.cache_dir={tmp_path / 'killed'}",
+            f"hydra.run.dir={tmp_path / 'run_killed'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = lambda: list((tmp_path / "killed" / "language").glob(".checkpoints-*/*.dcp/extra.pt"))  # noqa: E731
+    deadline = time.monotonic() + 600
+    while not saved() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert saved() and proc.poll() is None, "no sharded checkpoint before the job ended"
+    for pid in _processes_naming(str(tmp_path / "run_killed")):  # torchrun and both ranks (in sessions of their own)
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    assert not list((tmp_path / "killed" / "language").glob("*/meta.json")), "the stage finished before the kill"
+
+    log = _launch(torchrun, tmp_path / "killed", tmp_path / "run_resumed", tmp_path, every)
+    assert "resumed at step" in log
+    key = json.loads((tmp_path / "run_whole" / "metrics.json").read_text())["stages"]["language"]["key"]
+    whole, resumed = (load_file(tmp_path / run / "language" / key / "tensors.safetensors") for run in ("whole", "killed"))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[n], resumed[n]) for n in whole)
+    assert not list((tmp_path / "killed").glob("*/.checkpoints-*")), "a finished stage's checkpoints were left behind"
+
+
+def _processes_naming(marker: str) -> list[int]:
+    """Pids of the processes whose command line contains `marker` (Linux /proc)."""
+    from pathlib import Path
+
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids

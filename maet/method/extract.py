@@ -182,16 +182,15 @@ def train_full_sharded(model, names: list[str], batches: Iterable[torch.Tensor],
     θ0 is not touched; the delta is made on rank 0's host ({} on the other ranks, which read the
     published stage from the cache)."""
     device = next(model.parameters()).device
-    copy = sharded.sharded_copy(model, names, offload)
-    params = dict(copy.named_parameters())
+    trainee = sharded.sharded_copy(model, names, offload)
+    params = dict(trainee.named_parameters())
 
     def loss_fn(batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(device)
-        return copy(input_ids=batch, labels=batch).loss
+        return trainee(input_ids=batch, labels=batch).loss
 
-    stats = optimize(loss_fn, [params[n] for n in names], batches, steps, lr, desc, sharded=True, **loop)
-    final = sharded.gathered(copy, names)
-    del copy, params
+    stats = optimize(loss_fn, [params[n] for n in names], batches, steps, lr, desc, module=trainee, **loop)
+    final = sharded.gathered(trainee, names)
     return {n: t - model.get_parameter(n).detach().float().cpu() for n, t in final.items()}, stats
 
 

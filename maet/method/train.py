@@ -72,26 +72,27 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_deca
 def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
              batches: Iterable[torch.Tensor], steps: int, lr: float, desc: str, *,
              warmup_ratio: float, weight_decay: float, grad_clip: float, curve_every: int = 10,
-             optimizer: str = "adamw", masters: list[torch.Tensor] | None = None, sharded: bool = False) -> TrainStats:
+             optimizer: str = "adamw", masters: list[torch.Tensor] | None = None, module=None) -> TrainStats:
     """AdamW (or plain SGD) with linear warmup and cosine decay over `steps` batches of `[batch, seq]`
     ids. The loss and learning rate of every `curve_every`-th step (and the last) go to
     `stats.curves[desc]`, and to the job's live sink as they are made (`maet.runtime.live`).
+    Inside a checkpointed stage (`maet.runtime.checkpoint`) the loop resumes from, and saves, its state.
 
     `masters`: fp32 master copies of `params` (for half-precision params): the gradients are
     moved onto them, clipped and stepped in fp32, and `params` get the rounded values back.
-    `sharded`: `params` are FSDP2 shards (`maet.runtime.sharded`), whose engine averages the
-    gradients and keeps the processes equal; checkpoints are not kept for them yet."""
+    `module`: the FSDP2-sharded module whose shards `params` are (`maet.runtime.sharded`): its
+    engine averages the gradients and keeps the processes equal."""
     trained = params if masters is None else masters
-    optimizer = make_optimizer(optimizer, trained, lr, weight_decay, sharded)
+    optimizer = make_optimizer(optimizer, trained, lr, weight_decay, sharded=module is not None)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
-    stats, start, curve, name = TrainStats(), time.perf_counter(), [], live.loop(desc)
-    if not sharded:
+    stats, start, name = TrainStats(), time.perf_counter(), live.loop(desc)
+    if module is None:
         distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
-    saved = None if sharded else checkpoint.for_loop(name)
-    state = saved.load() if saved else None  # what an earlier try of this stage saved
+    saved = checkpoint.for_loop(name)
+    state = resume(saved, module, params, masters, optimizer, schedule, stats)  # what an earlier try saved
+    curve = state["curve"] if state else []
     if state:
-        curve, rng = restore(state, params, masters, optimizer, schedule, stats), state["rng"]
-        log.info("%s: resumed at step %d of %d from its checkpoint %s", desc, stats.steps, steps, saved.path)
+        log.info("%s: resumed at step %d of %d from its checkpoint in %s", desc, stats.steps, steps, saved.path.parent)
     with progress(desc=desc, unit="tok", unit_scale=True) as bar, checkpoint.saving_on_sigterm(saved is not None):
         for index, batch in enumerate(batches):
             if bar.total is None:
@@ -100,11 +101,11 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
                 bar.update(batch.numel())
                 continue
             if state:  # the first step after a resume: the RNG as it was when the checkpoint was saved
-                torch.set_rng_state(rng)
+                torch.set_rng_state(state.pop("rng"))
                 state = None
             loss = loss_fn(distributed.local_batch(batch))  # [batch / N, seq] on N processes
             loss.backward()
-            if not sharded:
+            if module is None:
                 distributed.average_gradients(params)
             if masters is not None:
                 grads_to_masters(params, masters)
@@ -123,38 +124,51 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
                 live.point(name, *curve[-1])
                 bar.set_postfix(loss=f"{curve[-1][1]:.3f}", refresh=False)
             if saved and (stats.steps == steps or saved.due(stats.steps)):
-                saved.save(snapshot(params, masters, optimizer, schedule, stats, curve))
+                keep(saved, module, params, masters, optimizer, schedule, stats, curve)
     stats.curves = {desc: curve} if curve else {}
     stats.seconds = time.perf_counter() - start
     stats.optimizer_bytes = optimizer_bytes(optimizer)
     return stats
 
 
-def snapshot(params: list[torch.Tensor], masters: list[torch.Tensor] | None, optimizer: torch.optim.Optimizer,
-             schedule, stats: TrainStats, curve: list[list[float]]) -> dict:
-    """A loop's state after `stats.steps` steps, for `maet.runtime.checkpoint` (tensors on the host;
-    a ZeRO-1 optimizer's shards consolidated on rank 0, None on the other ranks)."""
+def loop_state(schedule, stats: TrainStats, curve: list[list[float]]) -> dict:
+    """What a checkpoint holds besides tensors: step and token counts, curve, schedule, RNG."""
+    return {"steps": stats.steps, "tokens": stats.tokens, "curve": [list(point) for point in curve],
+            "schedule": schedule.state_dict(), "rng": torch.get_rng_state()}
+
+
+def keep(saved: checkpoint.Checkpoint, module, params: list[torch.Tensor], masters: list[torch.Tensor] | None,
+         optimizer: torch.optim.Optimizer, schedule, stats: TrainStats, curve: list[list[float]]) -> None:
+    """Save the loop's state: through DCP for FSDP2 shards (`module`), else one file of rank 0
+    (tensors on the host; a ZeRO-1 optimizer's shards consolidated there first)."""
+    if module is not None:
+        saved.save_sharded(module, optimizer, loop_state(schedule, stats, curve))
+        return
     if hasattr(optimizer, "consolidate_state_dict"):  # ZeroRedundancyOptimizer: every rank takes part
         optimizer.consolidate_state_dict(to=0)
-    optimizer_state = optimizer.state_dict() if distributed.is_main() else None
-    return {"steps": stats.steps, "tokens": stats.tokens, "curve": [list(point) for point in curve],
-            "params": [p.detach().cpu().clone() for p in params],
-            "masters": None if masters is None else [m.detach().cpu().clone() for m in masters],
-            "optimizer": optimizer_state, "schedule": schedule.state_dict(), "rng": torch.get_rng_state()}
+    saved.save({**loop_state(schedule, stats, curve), "params": [p.detach().cpu().clone() for p in params],
+                "masters": None if masters is None else [m.detach().cpu().clone() for m in masters],
+                "optimizer": optimizer.state_dict() if distributed.is_main() else None})
 
 
 @torch.no_grad()
-def restore(state: dict, params: list[torch.Tensor], masters: list[torch.Tensor] | None,
-            optimizer: torch.optim.Optimizer, schedule, stats: TrainStats) -> list[list[float]]:
-    """Put a `snapshot` back into the loop's tensors, optimizer, schedule and counts; returns its curve."""
-    for p, saved in zip(params, state["params"], strict=True):
-        p.copy_(saved)
-    for m, saved in zip(masters or [], state["masters"] or [], strict=True):
-        m.copy_(saved)
-    optimizer.load_state_dict(state["optimizer"])
+def resume(saved: checkpoint.Checkpoint | None, module, params: list[torch.Tensor],
+           masters: list[torch.Tensor] | None, optimizer: torch.optim.Optimizer, schedule,
+           stats: TrainStats) -> dict | None:
+    """The state an earlier try saved, put back into the loop's tensors, optimizer, schedule and
+    counts (None when there is none); its `curve` and `rng` are for the loop to use."""
+    state = None if saved is None else saved.load_sharded(module, optimizer) if module is not None else saved.load()
+    if state is None:
+        return None
+    if module is None:
+        for p, value in zip(params, state["params"], strict=True):
+            p.copy_(value)
+        for m, value in zip(masters or [], state["masters"] or [], strict=True):
+            m.copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     stats.steps, stats.tokens = state["steps"], state["tokens"]
-    return [list(point) for point in state["curve"]]
+    return state
 
 
 def fp32_masters(params: list[torch.Tensor]) -> list[torch.Tensor] | None:

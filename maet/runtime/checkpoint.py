@@ -13,7 +13,11 @@ cache entry is published. Without a folder (tests, `every_steps = every_minutes 
 saved and nothing changes.
 
 On N processes every rank restores the same file; rank 0 alone writes it (the trained tensors
-and the optimizer state are whole on rank 0: ZeRO-1's shards are consolidated first).
+and the optimizer state are whole on rank 0: ZeRO-1's shards are consolidated first). A loop
+over FSDP2 shards (`maet.runtime.sharded`) saves through `torch.distributed.checkpoint` instead:
+every rank writes its shards of the model and of AdamW's state into `<loop>.step<N>.dcp/`, rank 0
+adds the rest (`extra.pt`, written last: a folder without it is incomplete and ignored) and
+removes the older folders; a resume may run on another number of processes (DCP reshards).
 """
 
 from __future__ import annotations
@@ -89,10 +93,50 @@ class Checkpoint:
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             torch.save(state, tmp)
             os.replace(tmp, self.path)
+        self._saved()
+
+    def _saved(self) -> None:
         distributed.barrier()
         self.last = time.monotonic()
         if terminated():
             raise SystemExit(EXIT_ON_SIGTERM)
+
+    def _sharded_folders(self) -> list[Path]:
+        """This loop's complete DCP folders, oldest first."""
+        found = self.path.parent.glob(f"{self.path.stem}.step*.dcp") if self.path.parent.is_dir() else []
+        done = [f for f in found if (f / "extra.pt").is_file()]
+        return sorted(done, key=lambda f: int(f.name[len(self.path.stem) + 5:-4]))
+
+    def save_sharded(self, module, optimizer: torch.optim.Optimizer, extra: dict) -> None:
+        """Every rank's shards of `module` and `optimizer` through DCP, `extra` (plain state) by rank 0."""
+        from torch.distributed.checkpoint import save
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(module, optimizer)
+        folder = self.path.parent / f"{self.path.stem}.step{extra['steps']}.dcp"
+        older = self._sharded_folders()
+        save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+        distributed.barrier()
+        if distributed.is_main():
+            tmp = folder / f".extra.{os.getpid()}.tmp"
+            torch.save(extra, tmp)
+            os.replace(tmp, folder / "extra.pt")
+            for old in older:
+                shutil.rmtree(old, ignore_errors=True)
+        self._saved()
+
+    def load_sharded(self, module, optimizer: torch.optim.Optimizer) -> dict | None:
+        """The newest complete DCP checkpoint put back into `module` and `optimizer`; its `extra`, or None."""
+        from torch.distributed.checkpoint import load
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        folders = self._sharded_folders()
+        if not folders:
+            return None
+        model_state, optim_state = get_state_dict(module, optimizer)  # (initialises AdamW's state to load into)
+        load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folders[-1]))
+        set_state_dict(module, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+        return torch.load(folders[-1] / "extra.pt", map_location="cpu", weights_only=False)
 
 
 def for_loop(name: str) -> Checkpoint | None:
