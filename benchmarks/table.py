@@ -54,7 +54,12 @@ def rows(name: str, r: dict) -> list[list[str]]:
                 [f"bf16 delta norm ÷ fp32 delta norm, fp32 master weights ({r['bf16']['steps']} steps, lr {r['bf16']['lr']})",
                  f"cos {r['bf16']['full_master_cosine']:.4f}; without master weights "
                  f"{r['bf16_delta_retained_without_master']:.2f}", f"{r['bf16_delta_retained']:.3f}", "≥ 0.95",
-                 r["bf16_delta_retained"] >= 0.95]]
+                 r["bf16_delta_retained"] >= 0.95],
+                *([[f"full-parameter training state per process, FSDP2 on {r['sharded']['processes']} processes "
+                    f"÷ unsharded ({size})",
+                    f"{r['sharded']['sharded_rank0_bytes'] / 2**20:.0f} vs {r['sharded']['unsharded_bytes'] / 2**20:.0f} MiB",
+                    f"{r['sharded_state_vs_unsharded']:.3f}", "≤ 0.55", r["sharded_state_vs_unsharded"] <= 0.55]]
+                  if "sharded" in r else [])]
     return []
 
 
