@@ -17,7 +17,8 @@ and the optimizer state are whole on rank 0: ZeRO-1's shards are consolidated fi
 over FSDP2 shards (`maet.runtime.sharded`) saves through `torch.distributed.checkpoint` instead:
 every rank writes its shards of the model and of AdamW's state into `<loop>.step<N>.dcp/`, rank 0
 adds the rest (`extra.pt`, written last: a folder without it is incomplete and ignored) and
-removes the older folders; a resume may run on another number of processes (DCP reshards).
+removes the older folders (DCP could reshard on another number of processes; only a resume on
+the same number is tested).
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ class Checkpoint:
         return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
 
     def due(self, step: int) -> bool:
-        """Whether to save after `step`: its turn by steps or minutes, or a SIGTERM arrived."""
+        """Whether to save after `step`: its turn by steps or minutes, or a SIGTERM arrived. On N
+        processes rank 0's clock and signal decide for all (saving is collective)."""
         by_steps = self.every_steps > 0 and step % self.every_steps == 0
         by_time = self.every_seconds > 0 and time.monotonic() - self.last >= self.every_seconds
-        return by_steps or by_time or terminated()
+        return by_steps or distributed.share(by_time or terminated())
 
     def save(self, state: dict) -> None:
         """Write `state` atomically (rank 0); then, if a SIGTERM arrived, exit."""
@@ -98,7 +100,7 @@ class Checkpoint:
     def _saved(self) -> None:
         distributed.barrier()
         self.last = time.monotonic()
-        if terminated():
+        if distributed.share(terminated()):  # every process ends when rank 0 got the signal
             raise SystemExit(EXIT_ON_SIGTERM)
 
     def _sharded_folders(self) -> list[Path]:
