@@ -53,15 +53,17 @@ def test_launch_checks_name_the_key(monkeypatch):
     assert "ACCELERATE_USE_DEEPSPEED" in distributed.check_launch(8) and "FSDP2" in distributed.check_launch(8)
 
 
-def test_gradients_are_the_mean_over_the_processes(monkeypatch):
-    """DDP's average: the all-reduced sum divided by N (a missing 1/N doubles every SGD step)."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    peer = torch.tensor([3.0, -1.0])  # the other process's gradient, added by the (faked) all-reduce
-    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, op: tensor.add_(peer))
-    p = torch.zeros(2, requires_grad=True)
-    p.grad = torch.tensor([1.0, 5.0])
-    distributed.average_gradients([p])
-    assert torch.equal(p.grad, torch.tensor([2.0, 2.0]))  # (1 + 3) / 2 and (5 - 1) / 2
+def test_data_parallel_hands_ddp_the_trained_tensors_themselves():
+    """One process: the loss function itself; N: DDP over a module whose parameters are the trained
+    tensors (not copies: DDP averages the gradients of what the loss uses). The averaging itself
+    is checked by test_two_processes_match_one, where a missing 1/N doubles R(A)."""
+    def loss_fn(batch):
+        return batch.sum()
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert distributed.data_parallel([p], loss_fn) is loss_fn
+    module = distributed._Loss([p], loss_fn)
+    assert list(module.parameters())[0] is p and module(torch.ones(3)) == 3
 
 
 # ----------------------------------------------------------------------------- make test-distributed

@@ -127,7 +127,7 @@ def train_rows(model, mask: Mask, batches: Iterable[torch.Tensor], steps: int, l
     weights = dict(model.named_parameters())
     device = next(model.parameters()).device
     rows = {n: mask[n].to(device) for n in weights if n in mask}
-    deltas = {n: torch.zeros(len(r), *weights[n].shape[1:], device=device, requires_grad=True)
+    deltas = {n: torch.nn.Parameter(torch.zeros(len(r), *weights[n].shape[1:], device=device))
               for n, r in rows.items()}
     linears = lean_linears(model, rows)
     upfront = [n for n in rows if n not in linears]

@@ -86,8 +86,8 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
     optimizer = make_optimizer(optimizer, trained, lr, weight_decay, sharded=module is not None)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * steps), steps)
     stats, start, name = TrainStats(), time.perf_counter(), live.loop(desc)
-    if module is None:
-        distributed.broadcast_(params)  # one job on N processes: rank 0's start, the same update everywhere
+    # one job on N processes: DDP (rank 0's start, gradients averaged) unless FSDP2 shards `module`
+    forward = distributed.data_parallel(params, loss_fn) if module is None else loss_fn
     saved = checkpoint.for_loop(name)
     state = resume(saved, module, params, masters, optimizer, schedule, stats)  # what an earlier try saved
     curve = state["curve"] if state else []
@@ -103,10 +103,8 @@ def optimize(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: list[torch
             if state:  # the first step after a resume: the RNG as it was when the checkpoint was saved
                 torch.set_rng_state(state.pop("rng"))
                 state = None
-            loss = loss_fn(distributed.local_batch(batch))  # [batch / N, seq] on N processes
+            loss = forward(distributed.local_batch(batch))  # [batch / N, seq] on N processes
             loss.backward()
-            if module is None:
-                distributed.average_gradients(params)
             if masters is not None:
                 grads_to_masters(params, masters)
             torch.nn.utils.clip_grad_norm_(trained, grad_clip)

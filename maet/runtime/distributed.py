@@ -3,10 +3,10 @@
 Data parallelism with DDP's arithmetic, over the process group that accelerate sets up
 (`PartialState`: nccl on GPUs, gloo on CPU): every process holds the whole model; each training
 step splits the global batch `[train.batch_size, seq]` into N contiguous shares
-`[batch_size / N, seq]`, and the gradients of the trained tensors (whole weights, or MAET's row
-deltas) are averaged over the processes before clipping and the AdamW step, so every process
-makes the same update and the job trains on the same global batches as a single process. The
-trained tensors are broadcast from rank 0 once at the start of each stage (as DDP does), and
+`[batch_size / N, seq]`, and torch's DDP averages the gradients of the trained tensors (whole
+weights, or MAET's row deltas) over the processes before clipping and the AdamW step, so every
+process makes the same update and the job trains on the same global batches as a single
+process. DDP broadcasts the trained tensors from rank 0 at the start of each stage, and
 AdamW's state is sharded across the processes (ZeRO stage 1): weights and gradients are
 replicated, the two moments are not. That is how key-row stages train; full-parameter stages
 train a copy sharded with FSDP2 instead (`maet.runtime.sharded`, `distributed.shard`). An
@@ -128,26 +128,29 @@ def adamw(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.o
     return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
 
 
-@torch.no_grad()
-def broadcast_(tensors: list[torch.Tensor]) -> None:
-    """Rank 0's values into every process's tensors, in place (DDP's start-of-training sync)."""
-    if active():
-        for t in tensors:
-            torch.distributed.broadcast(t.detach(), src=0)
+class _Loss(torch.nn.Module):
+    """The trained tensors as one module whose forward is the loss of a batch (what DDP wraps)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.trained = torch.nn.ParameterList(params)  # the same tensor objects: DDP hooks their gradients
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(batch)
 
 
-@torch.no_grad()
-def average_gradients(params: list[torch.Tensor]) -> None:
-    """`p.grad` <- its mean over the processes, for every trained tensor (DDP's all-reduce).
-    Equal shares of a batch whose loss is a mean over tokens: the mean of the local gradients
-    is the gradient of the global batch (up to float rounding)."""
-    n = world_size()
-    if n == 1:
-        return
-    for p in params:
-        if p.grad is not None:  # None on every rank alike (the same graph everywhere)
-            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-            p.grad.div_(n)
+def data_parallel(params: list[torch.nn.Parameter],
+                  loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`loss_fn` made data-parallel over the job's processes with torch's DDP: rank 0's values of
+    `params` broadcast once, and in every backward their gradients averaged over the processes
+    (equal shares of a batch whose loss is a mean over tokens: the mean of the local gradients is
+    the gradient of the global batch, up to float rounding). On one process: `loss_fn` itself."""
+    if not active():
+        return loss_fn
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(_Loss(params, loss_fn), find_unused_parameters=True)
 
 
 # ----------------------------------------------------------------------------- evaluation
