@@ -5,8 +5,8 @@ device, sharded per transformer block and at the root, materialised shard by sha
 from θ0 (no process ever holds a second whole copy). The copy's sharded parameters are fp32 (the
 master weights); forward and backward compute in θ0's dtype when that is half precision, and
 gradients are reduced in fp32 (`MixedPrecisionPolicy`). Gradients and AdamW's moments exist only
-for each process's shards; FSDP averages the gradients over the processes (what DDP's
-all-reduce did), so a step is the step of the whole global batch. With `offload`, the shards,
+for each process's shards; FSDP averages the gradients over the processes (as DDP does for the
+replicated stages), so a step is the step of the whole global batch. With `offload`, the shards,
 their gradients and the optimizer state live on the host (`CPUOffloadPolicy`), so one GPU holds
 only the layers it is computing. After training, the trained tensors are gathered onto rank 0's
 host, one state dict with no GPU copy of the whole (`get_model_state_dict(full_state_dict=True,
