@@ -110,7 +110,7 @@ def test_a_sigterm_saves_at_the_next_step_and_exits_143(tmp_path):
             with live.stage("stage"):
                 optimize(loss_fn, [weight], batches(), STEPS, 0.1, "toy", **LOOP)
         assert exit_.value.code == checkpoint.EXIT_ON_SIGTERM
-        assert torch.load(tmp_path / "toy.pt", weights_only=False)["steps"] == 3
+        assert torch.load(tmp_path / "toy.pt", weights_only=True)["steps"] == 3
         assert signal.getsignal(signal.SIGTERM) is not checkpoint._note_sigterm, "the handler was put back"
         resumed, seen, _ = run()
     assert seen == [1, 2, 3] and torch.equal(resumed, whole)

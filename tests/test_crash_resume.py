@@ -119,7 +119,7 @@ def test_a_stage_killed_after_a_checkpoint_resumes_there_with_the_uninterrupted_
     assert not list((cache / "ability").glob("*/meta.json")), "the stage was published before the kill"
     if sig == signal.SIGTERM:  # saved at the next step boundary, then exited
         assert proc.returncode == 143, out[-3000:]
-    state = torch.load(saved()[0], weights_only=False)
+    state = torch.load(saved()[0], weights_only=True)
     assert 4 <= state["steps"] < 16
 
     out = finish(start(*args, f"hydra.run.dir={tmp_path / 'final'}", cwd=tmp_path))

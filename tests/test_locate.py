@@ -146,7 +146,7 @@ def test_the_locate_stage_scores_the_ability_text_by_the_configured_score_less_g
     def train_full(model, names, batches, steps, lr, desc, **loop):
         calls.append((batches, steps))
         assert model is tiny_model and sorted(names) == sorted(shapes)
-        assert lr == s.extract.full_lr and loop == training.loop(s)
+        assert lr == s.extract.full_lr and loop == {**training.full(s), **training.loop(s)}
         delta = {n: v[:, None] for n, v in _fake_scores(shapes, batches).items()}  # row change: |v|
         return delta, TrainStats(tokens=64, steps=2)
 

@@ -79,7 +79,7 @@ class Checkpoint:
         self.last = time.monotonic()
 
     def load(self) -> dict | None:
-        return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
+        return torch.load(self.path, map_location="cpu", weights_only=True) if self.path.is_file() else None
 
     def due(self, step: int) -> bool:
         """Whether to save after `step`: its turn by steps or minutes, or a SIGTERM arrived. On N
@@ -138,7 +138,7 @@ class Checkpoint:
         model_state, optim_state = get_state_dict(module, optimizer)  # (initialises AdamW's state to load into)
         load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folders[-1]))
         set_state_dict(module, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
-        return torch.load(folders[-1] / "extra.pt", map_location="cpu", weights_only=False)
+        return torch.load(folders[-1] / "extra.pt", map_location="cpu", weights_only=True)
 
 
 def for_loop(name: str) -> Checkpoint | None:
