@@ -16,7 +16,6 @@ cpu_offload=True)`), and the delta against θ0 is computed there.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 
 import torch
@@ -33,7 +32,6 @@ def ensure_group(device: torch.device) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     backend = "nccl" if device.type == "cuda" else "gloo"
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
