@@ -1,8 +1,10 @@
 import json
 
+import pytest
 import torch
 
 from maet.corpora import data
+from maet.models.model import train_tokenizer
 from maet.schema.settings import CorpusSettings
 
 
@@ -109,3 +111,16 @@ def test_documents_get_bos_only_where_the_tokenizer_adds_one(tokenizer):
     assert data.encode_documents(docs, with_bos) == [[bos] + ids for ids in plain]
     block = next(data.token_blocks(docs, with_bos, seq_len=4, seed=0))
     assert block[0] == bos
+
+
+@pytest.mark.parametrize("pretokenizer, expected", [
+    # GPT-2's regex: a vowel sign (a mark, not a letter) is a pre-token of its own, so no word forms
+    ("gpt2", ["আম", "ি", " ভ", "া", "ত", " খ", "া", "ই", "।", " ", "1", "2"]),
+    ("marks", ["আমি", " ভাত", " খাই", "।", " ", "1", "2"]),  # marks stay with their letters
+])
+def test_the_marks_pretokenizer_keeps_vowel_signs_with_their_letters(pretokenizer, expected):
+    docs = ["আমি ভাত খাই। তিনি আপেল পান।", "Juma ana machungwa, anapata zaidi."] * 50
+    tokenizer = train_tokenizer(docs, 400, pretokenizer)
+    ids = tokenizer("আমি ভাত খাই। 12")["input_ids"]
+    assert [tokenizer.decode([i]) for i in ids] == expected
+    assert tokenizer.decode(ids) == "আমি ভাত খাই। 12"

@@ -28,8 +28,10 @@ def _inputs(dtype=torch.float32, **params):
     full = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
     cpt = {n: 0.1 * torch.randn(8, 6, generator=g) for n in base}
     transferred = {W0: ability[W0], W2: (ability[W2][0][:1], ability[W2][1][:1])}  # M_T: a strict subset
+    on_rows = {W1: (torch.tensor([0, 7]), full[W1][[0, 7]])}  # a control's M_T ⊙ (θ_A,full − θ0)[rows]
     return Deltas(base, language=language, ability=ability, transferred=transferred, ability_full=full,
-                  cpt_all=cpt, theta_a=ability, oracle=full), PARAMS | params
+                  cpt_all=cpt, theta_a=ability, oracle=full, transferred_key_rows=on_rows,
+                  transferred_random_rows=on_rows), PARAMS | params
 
 
 def _apply(base, weights):
@@ -222,3 +224,23 @@ def test_same_beta_language_reference_and_ability_full_reference():
     assert all(torch.allclose(lang[n], x.base[n] + 0.25 * x.language[n], atol=1e-6) for n in x.base)
     full = METHODS["ability_full"](x, p)
     assert all(torch.equal(full[n], x.base[n] + x.ability_full[n]) for n in x.base)
+
+
+def test_restrict_cuts_a_dense_delta_to_the_given_rows():
+    delta = {W0: torch.arange(12.0).reshape(4, 3), W1: torch.ones(4, 3)}
+    cut = transfer.restrict(delta, {W0: torch.tensor([1, 3]), W2: torch.tensor([0])})
+    assert list(cut) == [W0]  # W2 has no delta
+    rows, values = cut[W0]
+    assert rows.tolist() == [1, 3] and values.tolist() == [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]]
+
+
+def test_random_rows_keep_the_count_per_tensor_and_follow_the_seed():
+    mask = {W0: torch.tensor([0, 1, 2]), W1: torch.tensor([5])}
+    shapes = {W0: torch.Size([50, 4]), W1: torch.Size([8, 4])}
+    drawn = transfer.random_rows_like(mask, shapes, seed=3)
+    assert {n: len(r) for n, r in drawn.items()} == {W0: 3, W1: 1}
+    assert all(r.tolist() == sorted(set(r.tolist())) and 0 <= int(r.min()) and int(r.max()) < shapes[n][0]
+               for n, r in drawn.items())
+    again, other = transfer.random_rows_like(mask, shapes, 3), transfer.random_rows_like(mask, shapes, 4)
+    assert all(torch.equal(drawn[n], again[n]) for n in mask)
+    assert any(not torch.equal(drawn[n], other[n]) for n in mask)

@@ -125,6 +125,32 @@ def test_the_merge_adds_only_the_rows_the_transfer_rule_kept(tmp_path):
     base.forget_resident()
 
 
+@pytest.mark.parametrize("control", ["full_key_rows", "full_random_rows"])
+def test_the_controls_merge_the_full_ability_delta_on_key_or_random_rows(tmp_path, control):
+    """θ0 + β·R(Lj) + α·(θ_A,full − θ0) on MAET's key rows (or on as many other rows per tensor),
+    every tensor transferred (transfer.select=all), written out from the stages' own artifacts."""
+    ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, f"method={control}", "transfer.select=all",
+                                                       "merge.alpha=0.7", "merge.beta=0.9")
+    a = seed_artifacts(ctx, model, tokenizer, corpora, key, [control])
+    assert a.ability is None  # the controls never train θ_A or θ_G
+    transfer_step(ctx, a)
+    weights, _ = variant_weights(control, ctx.settings, theta0, a)
+    rows = a.transferred_key_rows if control == "full_key_rows" else a.transferred_random_rows
+    assert sorted(a.kept) == sorted(a.mask) == sorted(rows)
+    for name in a.mask:
+        merged_rows = rows[name][0]
+        assert len(merged_rows) == len(a.mask[name]) == len(set(merged_rows.tolist()))
+        if control == "full_key_rows":
+            assert torch.equal(merged_rows, a.mask[name])
+        on_rows = torch.zeros_like(theta0[name])
+        on_rows[merged_rows] = a.ability_full[name][merged_rows]
+        expected = theta0[name] + 0.9 * a.language[name] + 0.7 * on_rows
+        assert torch.allclose(weights[name], expected, atol=1e-6), name
+    if control == "full_random_rows":  # random rows, not the key rows again
+        assert any(not torch.equal(rows[n][0], a.mask[n]) for n in a.mask)
+    base.forget_resident()
+
+
 def test_replications_draw_their_own_batches_masks_deltas_and_base(tmp_path):
     ctx, model, tokenizer, corpora, key, theta0 = _job(tmp_path, "report.shared_base=true")
     first = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])
@@ -235,7 +261,7 @@ def test_reference_models_and_their_keys():
 
 
 NEED_KEYS = {"ability": "ability_key", "language": "language_key", "ability_full": "ability_full_key",
-             "cpt_all": "cpt_all_key"}
+             "cpt_all": "cpt_all_key", "mask": "locate_key"}
 
 
 def test_every_method_gets_the_deltas_it_needs_and_a_key_of_its_own_that_follows_them():
@@ -249,10 +275,13 @@ def test_every_method_gets_the_deltas_it_needs_and_a_key_of_its_own_that_follows
     full, cpt = {A: torch.full((3, 2), 3.0), B: torch.full((3, 2), -2.0)}, {A: torch.full((3, 2), 7.0)}
     named = dict(base_key="b0", ability=ABILITY, theta_a={A: ABILITY[A]}, ability_key="ka", language=LANGUAGE,
                  language_key="kl", oracle={B: torch.ones(3, 2)}, oracle_key="ko", ability_full=full,
-                 ability_full_key="kf", cpt_all=cpt, cpt_all_key="kc", transferred=transferred)
+                 ability_full_key="kf", cpt_all=cpt, cpt_all_key="kc", transferred=transferred,
+                 mask={A: torch.tensor([1])}, locate_key="km", transferred_key_rows={A: (torch.tensor([1]), full[A][1:2])},
+                 transferred_random_rows={B: (torch.tensor([0]), full[B][:1])})  # the controls' M_T ⊙ restricted deltas
     a = artifacts(**named)
     direct = Deltas(base_w, language=LANGUAGE, ability=ABILITY, transferred=transferred, ability_full=full,
-                    cpt_all=cpt)
+                    cpt_all=cpt, transferred_key_rows=named["transferred_key_rows"],
+                    transferred_random_rows=named["transferred_random_rows"])
     model_keys = {}
     for name in choices():  # the methods (the reference models: test_reference_models_and_their_keys)
         method = METHODS[name]

@@ -86,7 +86,7 @@ def build_base(ctx: Context, key: str) -> TrainStats:
     s, m, stats = ctx.settings, ctx.settings.model, TrainStats()
     sc = m.scratch
     tokenizer_text, pretrain_text = scratch_text(s, ctx.world)
-    tokenizer = train_tokenizer(tokenizer_text, sc.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_text, sc.vocab_size, str(sc.pretokenizer))
     model = build_scratch_model(sc, tokenizer, sc.seed).to(ctx.device)
     if sc.pretrain_tokens:
         names = [n for n, _ in model.named_parameters()]

@@ -20,7 +20,7 @@ from maet.corpora.roles import Corpora
 from maet.engine.context import Context, cached_stage
 from maet.evaluation import evaluate, lm_eval_files
 from maet.method import transfer
-from maet.method.methods import METHODS, Deltas
+from maet.method.methods import CONTROLS, METHODS, Deltas
 from maet.runtime import console
 from maet.schema.settings import Settings
 from maet.stages import keys
@@ -76,21 +76,37 @@ def seed_artifacts(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
 
 
 # ----------------------------------------------------------------------------- stages 3 and 4
+def row_sources(s: Settings, a: Artifacts) -> dict[str, dict]:
+    """The row deltas the transfer step selects from, by the artifact it makes of them: R(A)
+    ("transferred"); when θ_A,full and the mask were made, the controls' θ_A,full − θ0 on MAET's key
+    rows and on as many random rows per tensor (drawn with the replication's seed)."""
+    sources = {"transferred": a.get("ability")}
+    full, mask = a.get("ability_full"), a.get("mask")
+    if full is not None and mask is not None:
+        shapes = {name: full[name].shape for name in mask if name in full}
+        sources[CONTROLS["full_key_rows"]] = transfer.restrict(full, mask)
+        sources[CONTROLS["full_random_rows"]] = transfer.restrict(full, transfer.random_rows_like(mask, shapes, s.seed))
+    return {made: rows for made, rows in sources.items() if rows is not None}
+
+
 def transfer_step(ctx: Context, a: Artifacts) -> dict[str, float]:
-    """Stage 3: s_t of every ability tensor (returned); M_T ⊙ R(A) into `a` as "transferred", the
-    tensors that keep any row as `a.kept`. With transfer.granularity=row the rule selects single
-    key rows by their own cosine."""
-    start, t = time.perf_counter(), ctx.settings.transfer
-    ability, language = a.get("ability"), a.get("language") or {}
-    if ability is None:
+    """Stage 3: M_T ⊙ R(A) into `a` as "transferred" (and the controls' deltas likewise, `row_sources`);
+    the tensors the job's method keeps as `a.kept`, and its s_t of every tensor returned. With
+    transfer.granularity=row the rule selects single key rows by their own cosine."""
+    start, s = time.perf_counter(), ctx.settings
+    t, language = s.transfer, a.get("language") or {}
+    similarities = {}
+    for made, rows in row_sources(s, a).items():
+        similarities[made] = transfer.tensor_similarity(rows, language, t.similarity)
+        scores = similarities[made] if t.granularity == "tensor" else transfer.row_similarity(rows, language)
+        a.values[made] = transfer.masked(rows, transfer.kept_rows(rows, transfer.select_tensors(scores, t.select,
+                                                                                                 t.tau, t.keep)))
+    made = CONTROLS.get(s.method.name, "transferred")
+    if made not in similarities:
         return {}
-    similarity = transfer.tensor_similarity(ability, language, t.similarity)
-    scores = similarity if t.granularity == "tensor" else transfer.row_similarity(ability, language)
-    keep = transfer.kept_rows(ability, transfer.select_tensors(scores, t.select, t.tau, t.keep))
-    a.values["transferred"] = transfer.masked(ability, keep)
-    a.kept = list(a.values["transferred"])
+    a.kept = list(a.values[made])
     ctx.record("transfer", False, start)
-    return similarity
+    return similarities[made]
 
 
 def eval_tasks(ctx: Context, corpora: Corpora) -> tuple[list[dict | str], Path | None]:  # pragma: no mutate block

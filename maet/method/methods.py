@@ -41,6 +41,9 @@ class Deltas:
 
 # M_T ⊙ R(A) is not a stage's artifact: the transfer step makes it from R(A) (and R(Lj)).
 MADE_FROM = {"transferred": "ability"}
+# The controls' transferred deltas, made by the transfer step as M_T ⊙ R(A) is, from θ_A,full − θ0
+# restricted to MAET's key rows or to as many random rows per tensor (`maet.engine.runner.row_sources`).
+CONTROLS = {"full_key_rows": "transferred_key_rows", "full_random_rows": "transferred_random_rows"}
 Term = tuple[str, "str | float"]  # (artifact, coefficient: a merge.* key such as "alpha", or a number)
 
 
@@ -99,6 +102,18 @@ register_linear("maet", [("language", "beta"), ("transferred", "alpha")], "θ0 +
 register_linear("task_arithmetic", [("language", "beta"), ("ability_full", "alpha")],
                 "θ0 + β·R(Lj) + α·(θ_A,full − θ0)", tunable=True)
 register_linear("cpt_all", [("cpt_all", 1.0)], "θ0 fully trained on C(Lj) ∪ C(L0,A) with MAET's total token budget")
+
+
+def _control(row_delta: str):
+    def build(d: Deltas, alpha: float, beta: float) -> Weights:
+        return linear_merge(d.base, [(beta, d.language or {}), (alpha, getattr(d, row_delta) or {})])
+    return build
+
+
+for _name, _rows, _doc in [("full_key_rows", "MAET's key rows", "the control of restricted training"),
+                           ("full_random_rows", "as many random rows per tensor", "the control of localisation")]:
+    register(_name, {"language", "ability_full", "mask"}, f"θ0 + β·R(Lj) + α·(M_T ⊙ (θ_A,full − θ0) on {_rows}): "
+             f"{_doc}, merged as MAET merges", tunable=True)(_control(CONTROLS[_name]))
 
 
 def _two_deltas(d: Deltas, alpha: float, beta: float, combine: merging.Combine | None = None) -> Weights:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from maet.method.types import DenseDelta, RowDelta
+from maet.method.types import DenseDelta, Mask, RowDelta
 
 
 def tensor_similarity(ability: RowDelta, language: DenseDelta, over: str = "tensor") -> dict[str, float]:
@@ -76,6 +76,19 @@ def select_tensors(similarity: dict[str, float], select: str, tau: float, keep: 
         chosen = set(ranked[:max(1, round(keep * len(ranked)))])
         return [n for n in similarity if n in chosen]
     raise ValueError(f"unknown transfer.select {select!r}")
+
+
+def restrict(delta: DenseDelta, rows: Mask) -> RowDelta:
+    """A dense delta `{t: [out, in]}` cut to the rows of `rows` (`{t: LongTensor[k]}`): `{t: (rows[k], delta[t][rows] [k, in])}`."""
+    return {name: (r, delta[name].index_select(0, r)) for name, r in rows.items() if name in delta}
+
+
+def random_rows_like(mask: Mask, shapes: dict[str, torch.Size], seed: int) -> Mask:
+    """As many rows per tensor as `mask` selects, drawn uniformly without replacement from the
+    tensor's `shapes[t][0]` rows (sorted), by a generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.randperm(shapes[name][0], generator=generator)[:len(rows)].sort().values
+            for name, rows in sorted(mask.items())}
 
 
 @torch.no_grad()

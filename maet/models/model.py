@@ -4,7 +4,7 @@ Hugging Face model from the hub or a local folder."""
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from maet.schema.settings import ModelSettings, ScratchSettings
@@ -29,13 +29,21 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `docs`; digits are split one per token (for arithmetic)."""
+# GPT-2's pre-tokenizer regex with combining marks (\p{M}: vowel signs, viramas) kept with their
+# letters: in GPT-2's own regex the word class is \p{L} alone, so a Bengali or Devanagari vowel sign
+# becomes a pre-token of its own and BPE can never form a word of those scripts.
+MARKS_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{M}\p{N}]+|\s+(?!\S)|\s+")
+
+
+def train_tokenizer(docs: list[str], vocab_size: int, pretokenizer: str = "gpt2") -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `docs`; digits are split one per token (for arithmetic). Words are
+    cut by GPT-2's regex (`pretokenizer="gpt2"`) or by the same regex with marks kept with their
+    letters (`"marks"`, `MARKS_PATTERN`)."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    words = ([pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)] if pretokenizer == "gpt2" else
+             [pre_tokenizers.Split(Regex(MARKS_PATTERN), behavior="isolated"),
+              pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), *words])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

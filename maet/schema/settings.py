@@ -27,6 +27,7 @@ def choices(name: str, *values: str) -> type[StrEnum]:
 CorpusSource = choices("CorpusSource", "local", "hub", "world")
 CorpusFormat = choices("CorpusFormat", "text", "jsonl", "gsm8k")
 ScratchCorpus = choices("ScratchCorpus", "files", "world")
+Pretokenizer = choices("Pretokenizer", "gpt2", "marks")
 ModelSource = choices("ModelSource", "scratch", "hub", "local")
 Dtype = choices("Dtype", "auto", "float32", "bfloat16", "float16")
 Device = choices("Device", "auto", "cpu", "cuda")
@@ -93,6 +94,7 @@ class ScratchSettings:
     seed: int = 0               # init and pre-training seed of the base
     pretrain_tokens: int = 0    # pre-training tokens of the base (0: random init)
     pretrain_lr: float = 3e-3
+    pretokenizer: Pretokenizer = Pretokenizer.gpt2  # gpt2: GPT-2's regex | marks: combining marks kept with their letters
 
 
 @dataclass
