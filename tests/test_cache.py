@@ -76,6 +76,10 @@ def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
     d = load("extract.full_lr=0.1")  # the baselines' full-parameter ability CPT only
     assert keys.ability_config(a) == keys.ability_config(d)
     assert keys.ability_full_config(a) != keys.ability_full_config(d)
+    # θ_A,full's own budget: null is θ_A's (the same key as naming that budget); another moves only θ_A,full
+    same, other = load(f"extract.full_tokens={a.extract.tokens}"), load(f"extract.full_tokens={2 * a.extract.tokens}")
+    assert keys.ability_full_config(same) == keys.ability_full_config(a) != keys.ability_full_config(other)
+    assert keys.ability_config(other) == keys.ability_config(a)
 
 
 def test_tensors_that_share_memory_are_saved_as_copies(tmp_path):

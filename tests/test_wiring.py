@@ -81,6 +81,13 @@ def test_without_general_subtraction_r_a_is_theta_a_minus_theta_0(tmp_path):
     base.forget_resident()
 
 
+def test_the_full_ability_model_trains_its_own_budget(tmp_path):
+    ctx, model, tokenizer, corpora, key, _ = _job(tmp_path, "extract.full_tokens=256")
+    stage_alone(ctx, "ability_full", model, tokenizer, corpora, Artifacts.on(key))
+    assert ctx.stages["ability_full"].train_tokens == 256  # 8 steps of 2 x 16 tokens, not extract.tokens (128)
+    base.forget_resident()
+
+
 def test_key_row_language_training_moves_only_the_rows_of_the_mask(tmp_path):
     ctx, model, tokenizer, corpora, key, _ = _job(tmp_path, "language.train=key_neurons")
     a = seed_artifacts(ctx, model, tokenizer, corpora, key, ["maet"])

@@ -222,6 +222,8 @@ def _training(s: Settings) -> None:
     _positive_int("extract.tokens", s.extract.tokens)
     _positive("extract.lr", s.extract.lr)
     _positive("extract.full_lr", s.extract.full_lr)
+    if s.extract.full_tokens is not None:
+        _positive_int("extract.full_tokens", s.extract.full_tokens)
     _positive_int("language.tokens", s.language.tokens)
     _positive("language.lr", s.language.lr)
     _positive_int("oracle.tokens", s.oracle.tokens)

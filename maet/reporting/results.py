@@ -112,7 +112,8 @@ TABLES = [
     Table("ablations", "sweeps/README.md", ("launch.py", "-m", "+sweep=ablations"), sweep_block, "sweep",
           default=False),
     *(Table(name, "sweeps/README.md", ("launch.py", "-m", f"+sweep={name}", "lang=sw"), sweep_block, "sweep",
-            default=False) for name in ("tune_task_arithmetic", "tune_ties", "tune_dare", "tune_maet")),
+            default=False) for name in ("tune_task_arithmetic", "tune_ties", "tune_dare", "tune_maet",
+                                        "tune_maet_training", "tune_full_training")),
     # Benchmarks write benchmarks/results/<name>.json; the `benchmarks` table is made from those files.
     Table("bench_stages", "", ("-m", "benchmarks.stages"), no_block, "command", cache_args=()),
     Table("bench_sweep", "", ("-m", "benchmarks.sweep"), no_block, "command", cache_args=("--cache", "{cache}")),

@@ -183,6 +183,7 @@ class ExtractSettings:
     optimizer: Optimizer = Optimizer.adamw       # of the key rows: adamw | sgd (plain, no momentum)
     general: ExtractGeneral = ExtractGeneral.subtract  # how θ_G enters R(A): subtract | project | none
     full_lr: float = 5e-4  # full-parameter CPT on C(L0,A): the ability delta of the merging baselines
+    full_tokens: Optional[int] = None  # its training tokens (None: extract.tokens, θ_A's budget)
 
 
 @dataclass

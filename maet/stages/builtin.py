@@ -116,8 +116,8 @@ def produce_oracle(s: Settings, model, tokenizer, corpora: Corpora, inputs: dict
 
 
 def produce_ability_full(s: Settings, model, tokenizer, corpora: Corpora, inputs: dict):
-    """θ_A,full − θ0: full-parameter CPT on C(L0,A) with the budget of θ_A (merging baselines)."""
-    return full_cpt(s, model, tokenizer, corpora.ability, s.extract.tokens, s.extract.full_lr,
+    """θ_A,full − θ0: full-parameter CPT on C(L0,A) for extract.full_tokens (θ_A's budget when null)."""
+    return full_cpt(s, model, tokenizer, corpora.ability, derived.full_ability_tokens(s), s.extract.full_lr,
                     "baselines: full CPT on C(L0,A)", {})
 
 

@@ -60,7 +60,7 @@ def contrastive(s: Settings) -> bool:
 
 def ability_config(s: Settings) -> dict:
     subtract = s.extract.general != "none"
-    extract_keys = {k: v for k, v in dataclasses.asdict(s.extract).items() if k != "full_lr"}  # baselines only
+    extract_keys = {k: v for k, v in dataclasses.asdict(s.extract).items() if k not in ("full_lr", "full_tokens")}  # baselines only
     return {"extract": extract_keys, "train": dataclasses.asdict(s.train), "seed": s.seed,
             "ability": fingerprint(s, s.ability.corpus),
             "general": fingerprint(s, s.source_lang.corpus) if subtract else None}
@@ -72,7 +72,7 @@ def language_config(s: Settings) -> dict:
 
 
 def ability_full_config(s: Settings) -> dict:
-    return {"tokens": s.extract.tokens, "lr": s.extract.full_lr, "train": dataclasses.asdict(s.train),
+    return {"tokens": derived.full_ability_tokens(s), "lr": s.extract.full_lr, "train": dataclasses.asdict(s.train),
             "seed": s.seed, "ability": fingerprint(s, s.ability.corpus)}
 
 
