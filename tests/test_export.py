@@ -91,8 +91,8 @@ def test_the_export_writes_each_linear_method_from_the_files_and_coefficients_of
     """The out-of-core merge reads, for each linear method of the registry, the cache files of the
     artifacts its formula adds, with its coefficients (written out here per method); M_T ⊙ R(A) is
     R(A)'s file read on the kept tensors only. TIES, DARE and layer swap are not linear."""
-    assert sorted(export.exportable()) == ["ability_full", "ability_only", "base", "cpt_all", "language_beta",
-                                           "language_only", "maet", "task_arithmetic"]
+    assert sorted(export.exportable()) == ["ability_full", "ability_only", "ability_transferred", "base", "cpt_all",
+                                           "language_beta", "language_only", "maet", "task_arithmetic"]
     keys = {"base": "k0", "ability": "ka", "language": "kl", "ability_full": "kf", "cpt_all": "kc"}
     cache = ArtifactCache(tmp_path)
 
@@ -105,6 +105,7 @@ def test_the_export_writes_each_linear_method_from_the_files_and_coefficients_of
                              ("ability/ka/tensors.safetensors", 0.7, {"t1"})]
     assert files("task_arithmetic") == [("language/kl/tensors.safetensors", 0.9, None),
                                         ("ability_full/kf/tensors.safetensors", 0.7, None)]
+    assert files("ability_transferred") == [("ability/ka/tensors.safetensors", 0.7, {"t1"})]
     assert files("language_beta") == [("language/kl/tensors.safetensors", 0.9, None)]
     assert files("ability_only") == [("ability/ka/tensors.safetensors", 1.0, None)]
     assert files("cpt_all") == [("cpt_all/kc/tensors.safetensors", 1.0, None)]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -142,6 +143,37 @@ def test_references_are_listed_once_per_distinct_row(tmp_path):
         {(m, b) for m in ("maet", "base (reference)", "ability (reference)") for b in (0.5, 1.0, 2.0)}
     assert (sweep / "plots" / "accuracy_vs_merge.beta.png").is_file()
     assert "References" not in report.write(make_sweep(tmp_path / "plain", [(["lang=sw"], fake_summary("sw", "maet", 1.0, 0, [0.1]))]))
+
+
+def test_the_regime_table_lists_each_jobs_norms_and_errors_on_request(tmp_path):
+    first, second = fake_summary("sw", "maet", 1.0, 0, [0.3]), fake_summary("sw", "maet", 1.0, 0, [0.2])
+    first["regime"] = {"relative_norm": {"language": 0.0421, "theta_a": 0.01},
+                       "disentanglement": {"theta_a": {"error": 0.25, "ability": 0.2, "language": 0.3}}}
+    second["regime"] = {"relative_norm": {"language": 0.5}}
+    sweep = make_sweep(tmp_path, [(["world.languages.1.distance=0.0"], first),
+                                  (["world.languages.1.distance=0.5"], second)])
+    assert "Regime" not in report.write(sweep)  # report.regime_table is off by default
+    table = report.write(sweep, regime=True).split("Regime of each job")[1].splitlines()
+    assert [c.strip() for c in table[1].split("|")[2:5]] == ["‖language‖/‖θ0‖", "‖theta_a‖/‖θ0‖",
+                                                             "disentanglement theta_a"]
+    cells = [[c.strip() for c in line.split("|")[2:5]] for line in table[3:5]]
+    assert cells == [["0.042", "0.010", "0.250"], ["0.500", "", ""]]
+
+
+def test_the_chain_pairs_each_model_with_the_one_before_it_in_each_job(tmp_path):
+    summary = fake_summary("sw", "maet", 1.0, 0, [0.5, 0.5])
+    # 4 items, 2 replications: θ_A right on 4 + 3, θ0 + R(A) on 2 + 2, the merge on 1 + 1 (lang_only: not in the chain)
+    summary["correct"]["items"] = ["a", "b", "c", "d"]
+    summary["correct"]["models"] = {"ability": ["1111", "1110"], "ability_only": ["1100", "0110"],
+                                    "maet": ["1000", "0010"], "language_only": ["0000", "0000"]}
+    sweep = make_sweep(tmp_path, [(["transfer.select=all"], summary)])
+    steps = report.chain_steps(report.collect(sweep)[0], ["ability", "ability_transferred", "ability_only", "maet"])
+    assert [(s["a"], s["b"]) for s in steps] == [("ability_only", "ability"), ("maet", "ability_only")]
+    assert [s["diff"] for s in steps] == pytest.approx([(4 - 7) / 8, (2 - 4) / 8])  # mean over replications x items
+    assert all(s["family"] == 2 and s["p_holm"] >= s["p"] for s in steps)
+    text = report.write(sweep, chain=["ability", "ability_only", "maet"])
+    assert "Steps along report.chain in maet" in text and "ability_only − ability" in text
+    assert "Steps along" not in report.write(sweep)
 
 
 def test_other_swept_keys_become_the_setting_and_get_a_curve(tmp_path):
@@ -287,7 +319,8 @@ def test_every_hydra_sweep_preset_composes_to_valid_jobs(preset):
     assert "lang" in params or searched
     load(f"+sweep={preset}")  # the preset's own keys validate
     for pick in (0, -1):  # the first and last point of every swept key validate
-        values = {k: str(v).split("(", 1)[1].rstrip(")") if searched else str(v) for k, v in params.items()}
+        values = {k: re.search(r"\(([^()]*)\)[)\s]*$", str(v))[1] if searched else str(v)  # tag(log, interval(a, b))
+                  for k, v in params.items()}
         load(f"+sweep={preset}", *(f"{k}={v.split(',')[pick].strip()}" for k, v in values.items()))
 
 

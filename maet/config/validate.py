@@ -263,6 +263,9 @@ def _merging(s: Settings) -> None:
     _positive_int("report.seeds", s.report.seeds)
     for ref in s.report.references:
         check_choice("report.references", ref, tuple(sorted(methods.METHODS)))
+    for model in s.report.chain:
+        _check("report.chain", model, model in (s.method.name, *s.report.references),
+               f"a model the job evaluates: the method ({s.method.name}) or one of report.references")
     if "oracle" in s.report.references:
         _check("report.references", "oracle", s.lang.corpus.source == "world",
                "oracle only where target-language ability text exists (the built-in world)")

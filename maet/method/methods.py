@@ -99,6 +99,8 @@ register_linear("ability_full", [("ability_full", 1.0)],
 register_linear("ability_only", [("ability", 1.0)], "θ0 + R(A) on the key rows")
 register_linear("maet", [("language", "beta"), ("transferred", "alpha")], "θ0 + β·R(Lj) + α·(M_T ⊙ R(A))",
                 tunable=True)
+register_linear("ability_transferred", [("transferred", "alpha")],
+                "θ0 + α·(M_T ⊙ R(A)): MAET's merge without the language delta", tunable=True)
 register_linear("task_arithmetic", [("language", "beta"), ("ability_full", "alpha")],
                 "θ0 + β·R(Lj) + α·(θ_A,full − θ0)", tunable=True)
 register_linear("cpt_all", [("cpt_all", 1.0)], "θ0 fully trained on C(Lj) ∪ C(L0,A) with MAET's total token budget")

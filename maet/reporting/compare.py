@@ -100,6 +100,29 @@ def comparisons_markdown(compared: list[dict], note: str) -> str:
     return text
 
 
+def chain_steps(rows: list[dict], chain: list[str]) -> list[dict]:
+    """Each job's steps along `chain` (models in order, e.g. θ_A to the merge): every model the job
+    evaluated against the one before it, paired on the job's replications and items; Holm across
+    each job's steps."""
+    out = []
+    for r in rows:
+        models = (r.get("models_correct") or {}).get("models", {})
+        present = [m for m in chain if m in models]
+        out += adjust_rows([{"lang": r["lang"], "job": r["label"], "a": after, "b": before,
+                             **paired_difference(unbits(models[after]), unbits(models[before]))}
+                            for before, after in zip(present, present[1:])])
+    return out
+
+
+def chain_markdown(steps: list[dict]) -> str:
+    """The steps of every job, one table per job ('' when there are none)."""
+    text = ""
+    for job in dict.fromkeys(s["job"] for s in steps):
+        text += f"\n\nSteps along report.chain in {job} (paired; Holm across the job's steps):\n" + comparisons_table(
+            [s for s in steps if s["job"] == job], "accuracy")
+    return text
+
+
 def pooled(rows: list[dict]) -> list[dict]:
     """Rows that differ only in `seed` pooled into one: their replications stacked (each job's
     seeds draw their own replications), mean and 95% interval over replications x common items.

@@ -31,6 +31,8 @@ from maet.evaluation.stats import ESTIMATOR, interval_text, p_text, percent
 from maet.reporting import metrics, plots
 from maet.reporting.compare import (
     COMPARISON_COLUMNS,
+    chain_markdown,
+    chain_steps,
     comparisons,
     comparisons_markdown,
     job_label,
@@ -84,6 +86,8 @@ def job_row(summary: metrics.Summary, job: str = "", setting: str = "") -> dict:
         "replications": tuple((r["seed"], r["base"]) for r in summary.get("replications", [])),
         "base_note": summary.get("base_note", ""), "estimator": summary.get("estimator", ""),
         "correct": _method_correct(summary),
+        "regime": summary.get("regime") or {},
+        "models_correct": summary.get("correct"),
     }
 
 
@@ -200,6 +204,25 @@ def markdown(rows: list[dict], failed: list[str]) -> str:
     return text
 
 
+def regime_markdown(rows: list[dict]) -> str:
+    """Each job's regime (its first replication, `maet.method.regime`): ‖Δ‖/‖θ0‖ of every delta and
+    the weight disentanglement error of each ability delta with R(Lj); '' when no job measured it."""
+    norms = list(dict.fromkeys(k for r in rows for k in (r["regime"].get("relative_norm") or {})))
+    errors = list(dict.fromkeys(k for r in rows for k in (r["regime"].get("disentanglement") or {})))
+    if not norms and not errors:
+        return ""
+    body = [[r["label"], *(_figure((r["regime"].get("relative_norm") or {}).get(k)) for k in norms),
+             *(_figure(((r["regime"].get("disentanglement") or {}).get(k) or {}).get("error")) for k in errors)]
+            for r in rows]
+    headers = ["job", *(f"‖{k}‖/‖θ0‖" for k in norms), *(f"disentanglement {k}" for k in errors)]
+    return ("\n\nRegime of each job (first replication; disentanglement: 0 = the two deltas add, max 2):\n"
+            + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
+
+
+def _figure(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def sweep_plots(rows: list[dict], folder: Path) -> dict[str, Path]:
     """PNG plots of a sweep: accuracy vs alpha and vs every other swept number (the jobs' references
     as lines of their own), methods per language."""
@@ -237,18 +260,21 @@ def _without(setting: str, key: str) -> str:
     return " ".join(pair for pair in setting.split() if not pair.startswith(f"{key}="))
 
 
-def write(sweep: Path, compare_to: str | None = None) -> str:
+def write(sweep: Path, compare_to: str | None = None, regime: bool = False, chain: list[str] = ()) -> str:
     """Aggregate the sweep dir; write summary.md, summary.csv, comparisons.csv and plots there;
     return the markdown."""
-    return build(sweep, compare_to)[0]
+    return build(sweep, compare_to, regime, chain)[0]
 
 
-def build(sweep: Path, compare_to: str | None = None) -> tuple[str, list[dict], dict[str, Path], list[dict]]:
+def build(sweep: Path, compare_to: str | None = None, regime: bool = False,
+          chain: list[str] = ()) -> tuple[str, list[dict], dict[str, Path], list[dict]]:
     """(markdown, rows, plots, comparisons) of a sweep dir, all written into it (summary.md, summary.csv,
-    comparisons.csv, plots/)."""
+    comparisons.csv, plots/); `regime`: with each job's regime table (report.regime_table); `chain`:
+    with each job's steps along those models (report.chain)."""
     rows, failed = collect(sweep)
     compared, note = comparisons(rows, compare_to)
     text = markdown(rows, failed) + comparisons_markdown(compared, note) + references_markdown(reference_rows(rows))
+    text += chain_markdown(chain_steps(rows, list(chain))) + (regime_markdown(rows) if regime else "")
     (sweep / "summary.md").write_text(text + "\n")
     with open(sweep / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
@@ -373,7 +399,9 @@ class SweepReport(Callback):
         sweep = Path(config.hydra.sweep.dir)
         if not sweep.is_dir():
             return
-        text, rows, images, compared = build(sweep, (config.get("report") or {}).get("compare_to"))
+        report = config.get("report") or {}
+        text, rows, images, compared = build(sweep, report.get("compare_to"), bool(report.get("regime_table")),
+                                             list(report.get("chain") or []))
         print(f"\nSweep summary ({sweep}):\n{text}")
         if images:
             print("plots: " + ", ".join(str(p) for p in images.values()))
@@ -392,6 +420,8 @@ def main(argv: list[str]) -> int:
                         help="first download each finished run of this W&B sweep into sweep_dir")
     parser.add_argument("--compare-to", metavar="LABEL",
                         help="compare this job (a method or a swept value, as report.compare_to) with every other")
+    parser.add_argument("--regime", action="store_true", help="also each job's regime table (report.regime_table)")
+    parser.add_argument("--chain", default="", help="also each job's steps along these models, comma-separated (report.chain)")
     parser.add_argument("--best-on-test", action="store_true",
                         help="then run the job with the best dev accuracy once on the test split")
     args = parser.parse_args(argv)
@@ -399,7 +429,8 @@ def main(argv: list[str]) -> int:
         download_wandb_sweep(args.from_wandb_sweep, args.sweep_dir)
     if not args.sweep_dir.is_dir():
         parser.error(f"not a directory: {args.sweep_dir}")
-    text, rows, images, compared = build(args.sweep_dir, args.compare_to)
+    text, rows, images, compared = build(args.sweep_dir, args.compare_to, args.regime,
+                                         [m for m in args.chain.split(",") if m])
     print(text)
     if args.wandb:
         log_summary_run(args.sweep_dir, rows, images, {"mode": args.wandb}, compared)

@@ -104,6 +104,8 @@ TABLES = [
                                            "merge=default", "+ablation=literal"), sweep_block, "sweep"),
     Table("distance", "docs/results.md", ("launch.py", "-m", "+sweep=distance"), sweep_block, "sweep", default=False,
           image=("plots/accuracy_vs_world.languages.1.distance.png", "docs/img/distance.png")),
+    Table("decomposition", "docs/results.md", ("launch.py", "-m", "+sweep=decomposition"), sweep_block, "sweep",
+          default=False),
     Table("diagnosis", "docs/results.md", ("launch.py", "-m", "+sweep=diagnosis"), sweep_block, "sweep", default=False),
     Table("diagnosis_merges", "docs/results.md", ("launch.py", "-m", "+sweep=diagnosis_merges"), sweep_block, "sweep",
           default=False),

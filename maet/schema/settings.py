@@ -153,6 +153,8 @@ class ReportSettings:
     shared_base: bool = False          # every replication on one base draw (its variance then left out)
     compare_to: Optional[str] = None   # sweep report: the job every other is compared with (null: all pairs)
     references: list[str] = field(default_factory=list)
+    regime_table: bool = False         # sweep report: also each job's regime (relative norms, disentanglement)
+    chain: list[str] = field(default_factory=list)  # sweep report: each job's steps along these models
     quiet: bool = True
 
 
