@@ -5,6 +5,7 @@ import re
 import pytest
 
 from maet import world
+from maet.world import describe
 from maet.schema.settings import WorldLanguageSettings as Lang
 from maet.schema.settings import WorldSettings
 
@@ -133,3 +134,15 @@ def test_free_order_phrasing_of_a_corpus_does_not_depend_on_the_sizes_of_the_oth
     free = {**SMALL.__dict__, "free_order": True}
     one, other = world.generate(WorldSettings(**free)), world.generate(WorldSettings(**{**free, "general_per_lang": 77}))
     assert one.benchmark == other.benchmark and one.ability == other.ability
+
+
+def test_the_problem_words_a_language_shares_with_english():
+    question = "tom has 1 apple . how many apple does tom have ?"
+    concepts = describe.problem_concepts([{"question": question}])
+    assert concepts == ["apple", "has", "have", "how_many", "does"]  # CONCEPTS' order; "a" is no word here
+    settings = WorldSettings(languages=[Lang(code="en", distance=0.0), Lang(code="xx", distance=1.0),
+                                        Lang(code="yy", distance=0.5)])
+    assert describe.shared_words(settings, "en", concepts) == concepts
+    assert describe.shared_words(settings, "xx", concepts) == []  # distance 1: a word of its own for each
+    lex = world.lexicon(settings.languages[2], settings.seed)
+    assert describe.shared_words(settings, "yy", concepts) == [c for c in concepts if lex[c] == c.replace("_", " ")]
