@@ -96,7 +96,7 @@ TABLES = [
     Table("alpha", "docs/comparing.md", ("launch.py", "-m", "+sweep=alpha"), sweep_block, "sweep"),
     Table("optuna", "docs/comparing.md", ("launch.py", "-m", "+sweep=optuna", "lang=sw"), sweep_block, "sweep"),
     Table("baselines", "docs/results.md", ("launch.py", "-m", "+sweep=baselines"), sweep_block, "sweep"),
-    Table("world", "docs/testbed.md", ("-m", "maet.world.describe"), command_stdout, "command", fence=False,
+    Table("world", "docs/testbed.md", ("-m", "maet.engine.world_table"), command_stdout, "command", fence=False,
           cache_args=()),
     Table("gemma", "docs/real-models.md", GEMMA, run_block, default=False, ready=_gemma_ready),
     Table("testbed", "docs/results.md", ("launch.py", "-m", "method=task_arithmetic,ties,maet,full_key_rows,full_random_rows",
