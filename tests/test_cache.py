@@ -72,7 +72,7 @@ def test_lang_and_alpha_do_not_change_locate_or_ability_keys():
     c = load("merge.alpha=0.5", "extract.lr=0.02")
     assert keys.language_config(a) == keys.language_config(c)
     assert keys.ability_config(a) != keys.ability_config(c)
-    assert keys.locate_config(a) != keys.locate_config(load("locate.ratio=0.2"))
+    assert keys.locate_config(a) != keys.locate_config(load(f"locate.ratio={a.locate.ratio / 2}"))
     d = load("extract.full_lr=0.1")  # the baselines' full-parameter ability CPT only
     assert keys.ability_config(a) == keys.ability_config(d)
     assert keys.ability_full_config(a) != keys.ability_full_config(d)
