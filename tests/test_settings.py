@@ -188,7 +188,7 @@ def test_help_lists_the_groups_and_every_key_with_its_doc():
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
-    assert "method: ability_full, ability_only, base, cpt_all" in proc.stdout and "language: default" in proc.stdout
+    assert "method: ability_full, ability_only, ability_transferred, base, cpt_all" in proc.stdout and "language: default" in proc.stdout
     assert "merge.alpha" in proc.stdout and "coefficient μ of the ability weights" in proc.stdout
     assert "defaults:" not in proc.stdout and "_target_" not in proc.stdout  # not a raw config dump
 
