@@ -78,13 +78,15 @@ def seed_artifacts(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
 # ----------------------------------------------------------------------------- stages 3 and 4
 def row_sources(s: Settings, a: Artifacts) -> dict[str, dict]:
     """The row deltas the transfer step selects from, by the artifact it makes of them: R(A)
-    ("transferred"); when θ_A,full and the mask were made, the controls' θ_A,full − θ0 on MAET's key
-    rows and on as many random rows per tensor (drawn with the replication's seed)."""
+    ("transferred"); for a control the job evaluates (method or reference), θ_A,full − θ0 on MAET's
+    key rows or on as many random rows per tensor (drawn with the replication's seed)."""
     sources = {"transferred": a.get("ability")}
     full, mask = a.get("ability_full"), a.get("mask")
-    if full is not None and mask is not None:
-        shapes = {name: full[name].shape for name in mask if name in full}
+    evaluated = {s.method.name, *s.report.references}
+    if "full_key_rows" in evaluated:
         sources[CONTROLS["full_key_rows"]] = transfer.restrict(full, mask)
+    if "full_random_rows" in evaluated:
+        shapes = {name: full[name].shape for name in mask if name in full}
         sources[CONTROLS["full_random_rows"]] = transfer.restrict(full, transfer.random_rows_like(mask, shapes, s.seed))
     return {made: rows for made, rows in sources.items() if rows is not None}
 

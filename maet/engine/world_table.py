@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from tabulate import tabulate
 
 from maet import world
-from maet.config.compose import load_settings
+from maet.config.compose import compose_checked, load_settings
 from maet.engine.base import scratch_text
 from maet.models.model import train_tokenizer
 from maet.schema.resolvers import PROJECT_ROOT, register_resolvers
@@ -44,7 +44,7 @@ def describe(s, sample: int = 200) -> list[list]:
 def main(argv: list[str]) -> int:
     register_resolvers()
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        s = load_settings(compose("config", overrides=[f"paths.output_dir={tempfile.gettempdir()}", *argv]))
+        s = load_settings(compose_checked([f"paths.output_dir={tempfile.gettempdir()}", *argv]))
     headers = ["lang", "distance", "problem words shared", "shared with English",
                "tokens per problem / sentence (gpt2)", "(marks)"]
     print(tabulate(describe(s), headers=headers, tablefmt="github", disable_numparse=True))
