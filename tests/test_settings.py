@@ -196,7 +196,7 @@ def test_help_lists_the_groups_and_every_key_with_its_doc():
 def test_each_merge_method_defaults_to_its_dev_tuned_setting_and_an_override_wins():
     """method=X selects conf/merge/X.yaml (from +sweep=tune_X); merge=default, a key=value and
     +ablation=literal (MAET as the paper reads most literally) each take precedence."""
-    for method in ("maet", "task_arithmetic", "ties", "dare"):
+    for method in ("maet", "task_arithmetic", "ties", "dare", "full_key_rows", "full_random_rows"):
         tuned = yaml.safe_load((PROJECT_ROOT / "conf" / "merge" / f"{method}.yaml").read_text())
         s = _load(f"method={method}")
         assert all(getattr(s.merge, key) == value for key, value in tuned.items() if key != "defaults"), method
