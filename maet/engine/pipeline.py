@@ -22,7 +22,7 @@ from maet.corpora import data
 from maet.corpora.roles import Corpora, load_corpora, uses_world
 from maet.engine.base import resident_base
 from maet.engine.context import Context
-from maet.engine.runner import Artifacts, evaluate_stage, seed_artifacts, transfer_step, variant_weights
+from maet.engine.runner import Artifacts, evaluate_stage, job_variants, seed_artifacts, transfer_step, variant_weights
 from maet.evaluation import evaluate
 from maet.method import regime, transfer
 from maet.models.model import resolve_device
@@ -91,7 +91,7 @@ def run_job(s: Settings) -> JobResult:
     cache = distributed.cache(s.paths.cache_dir)  # one job on N processes: rank 0 publishes, the others read
     device = distributed.setup(s.device, s.train.batch_size) or resolve_device(s.device, _job_num())
     ctx = Context(s, cache, device, world.generate(s.world) if uses_world(s) else None)
-    testbed = Testbed(list(dict.fromkeys([s.method.name, *s.report.references])))
+    testbed = Testbed(job_variants(s))
     corpora = None
     for k in range(s.report.seeds):  # replication k: its own base (unless shared or fixed) and stage seeds
         rep = ctx.for_replication(k)

@@ -75,6 +75,11 @@ def seed_artifacts(ctx: Context, model, tokenizer, corpora: Corpora, base_key: s
     return a
 
 
+def job_variants(s: Settings) -> list[str]:
+    """The models a job evaluates: its method, then each reference model (`report.references`), once each."""
+    return list(dict.fromkeys([s.method.name, *s.report.references]))
+
+
 # ----------------------------------------------------------------------------- stages 3 and 4
 def row_sources(s: Settings, a: Artifacts) -> dict[str, dict]:
     """The row deltas the transfer step selects from, by the artifact it makes of them: R(A)
@@ -82,7 +87,7 @@ def row_sources(s: Settings, a: Artifacts) -> dict[str, dict]:
     key rows or on as many random rows per tensor (drawn with the replication's seed)."""
     sources = {"transferred": a.get("ability")}
     full, mask = a.get("ability_full"), a.get("mask")
-    evaluated = {s.method.name, *s.report.references}
+    evaluated = job_variants(s)
     if "full_key_rows" in evaluated:
         sources[CONTROLS["full_key_rows"]] = transfer.restrict(full, mask)
     if "full_random_rows" in evaluated:
